@@ -4,7 +4,7 @@ memory and compression.
     python benchmarks/hnet.py                      # everything (~15 min on 2 cores)
     python benchmarks/hnet.py --only speed         # step times only (~1 min)
     python benchmarks/hnet.py --only quality --steps-per-task 500
-    python benchmarks/hnet.py --only p100 --p100-steps 100
+    python benchmarks/hnet.py --only p100 --p100-steps 200 --beta 0.05
 
 quality: PermutedMNIST-10 from the embedded MNIST-5k, task-incremental, every learner with the
   same budget (steps per task, batch size, learning rate) and the same target-network size;
@@ -14,7 +14,8 @@ speed: one training step (forward + output regularizer + backward + Adam) of hne
   configuration hypnettorch's ChunkedHMLP was measured with (target 784-100-100-10, hypernetwork
   100-100, chunks of 750, batch 128, 2 threads), with 0, 10, 50, 100 earlier tasks (stored
   embeddings and snapshots in place, as after learning them); the best of several repeats.
-p100: PermutedMNIST-100 end to end (short tasks): wall time per task early and late, memory.
+p100: PermutedMNIST-100 end to end (short tasks): wall time per task early and late, memory;
+  hypernetwork sizes as for quality (--hnet-hidden, --chunk-size).
 """
 
 from __future__ import annotations
@@ -176,8 +177,8 @@ def p100(args, data) -> None:
     torch.set_num_threads(2)
     stream = {"dataset": "mnist5k", "kind": "permuted", "tasks": 100,
               "steps_per_task": args.p100_steps}
-    config = {**SPEED_CONFIG, "stream": stream, "lr": args.lr, "beta": args.beta,
-              "cil_samples": 100}
+    config = {**SPEED_CONFIG, "hnet_hidden": args.hnet_hidden, "chunk_size": args.chunk_size,
+              "stream": stream, "lr": args.lr, "beta": args.beta, "cil_samples": 100}
     learner = HNet(config, data=data)
     task_s = []
     start = time.perf_counter()
@@ -187,7 +188,10 @@ def p100(args, data) -> None:
         task_s.append(time.perf_counter() - t)
     total = time.perf_counter() - start
     row = learner.rows[-1]
-    print(f"\n## PermutedMNIST-100: {args.p100_steps} steps/task, batch 128, sizes as in speed\n")
+    hnet_sizes = "-".join(map(str, args.hnet_hidden))
+    print(f"\n## PermutedMNIST-100: {args.p100_steps} steps/task, batch 128, "
+          f"target 784-100-100-10, hypernetwork {hnet_sizes}, chunks of {args.chunk_size}, "
+          f"beta {args.beta:g}, lr {args.lr:g}, cil_samples 100\n")
     early, mid, late = (statistics.mean(task_s[a:b]) for a, b in ((0, 10), (40, 50), (90, 100)))
     print(f"total {total:.0f} s; seconds per task (training + evaluating every task so far): "
           f"tasks 1-10 {early:.2f}, 41-50 {mid:.2f}, 91-100 {late:.2f}")

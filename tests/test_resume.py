@@ -25,12 +25,15 @@ SPEC = {
 }
 
 
-def lifelab(*args, **kwargs):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+HANG_IN_FLUSH = Path(__file__).parent / "scripts" / "hang_in_flush.py"
+
+
+def lifelab(*args, program=("-m", "lifelab"), env=None):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "lifelab", *args], env=env,
+    return subprocess.Popen([sys.executable, *program, *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kwargs)
+                            start_new_session=True)
 
 
 def state_refers_to_checkpoints(sweep: Path) -> bool:
@@ -49,13 +52,24 @@ def exploited(sweep: Path) -> bool:
             and state_refers_to_checkpoints(sweep))
 
 
-@pytest.mark.parametrize("kill_when", [state_refers_to_checkpoints, exploited],
-                         ids=["after-checkpoints", "after-an-exploit"])
+def flushing(sweep: Path) -> bool:
+    """The driver hangs inside a metrics part write (tests/scripts/hang_in_flush.py)."""
+    return (sweep.parent / "flushing").exists()
+
+
+@pytest.mark.parametrize("kill_when", [state_refers_to_checkpoints, exploited, flushing],
+                         ids=["after-checkpoints", "after-an-exploit", "while-the-store-flushes"])
 def test_sigkilled_sweep_resumes_from_checkpoints_with_one_row_per_key(short_tmp, kill_when):
     spec_file = Path(short_tmp) / "killme.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC))
     sweep = Path(short_tmp) / "sweeps" / "killme"
-    driver = lifelab("sweep", str(spec_file), "--storage", str(sweep.parent))
+    if kill_when is flushing:   # the 30th metrics write: 15 rounds of each trial, checkpoints
+        driver = lifelab("sweep", str(spec_file), "--storage", str(sweep.parent),
+                         program=(str(HANG_IN_FLUSH),),
+                         env={"LIFELAB_TEST_FLUSH_AT": "30",
+                              "LIFELAB_TEST_FLUSH_MARKER": str(sweep.parent / "flushing")})
+    else:
+        driver = lifelab("sweep", str(spec_file), "--storage", str(sweep.parent))
     deadline = time.monotonic() + 180
     while not kill_when(sweep):
         assert driver.poll() is None, driver.stdout.read()
@@ -67,6 +81,8 @@ def test_sigkilled_sweep_resumes_from_checkpoints_with_one_row_per_key(short_tmp
     driver.wait()
     before = pd.concat(pd.read_parquet(p) for p in (sweep / "results/metrics").glob("part-*"))
     assert before.iteration.max() < ROUNDS, "sweep finished before it was killed"
+    if kill_when is flushing:
+        assert list((sweep / "results").glob("metrics/.tmp-*")), "killed mid-write"
 
     resumed = lifelab("resume", str(sweep))
     out, _ = resumed.communicate(timeout=300)
@@ -74,6 +90,7 @@ def test_sigkilled_sweep_resumes_from_checkpoints_with_one_row_per_key(short_tmp
     assert "sweep finished: 2 trials, 0 errored" in out
 
     metrics = pd.read_parquet(sweep / "results" / "metrics")
+    assert not list((sweep / "results").glob("*/.tmp-*")), "the end of the sweep removes them"
     assert not metrics.duplicated(["trial_id", "iteration", "name"]).any()
     acc = metrics[metrics.name == "acc_avg"]
     for trial_id, rows in acc.groupby("trial_id"):

@@ -32,6 +32,9 @@ def test_temporary_files_are_invisible_to_readers(tmp_path):
     (tmp_path / "results" / "metrics" / ".tmp-part-x.parquet").write_bytes(b"half a file")
     assert len(pd.read_parquet(tmp_path / "results" / "metrics")) == 1
     assert len(store.read("metrics")) == 1
+    store.compact_all()     # at the end of a sweep: no writer is left to finish it
+    assert os.listdir(tmp_path / "results" / "metrics")[0].startswith("part-")
+    assert len(os.listdir(tmp_path / "results" / "metrics")) == 1
 
 
 def test_resumed_run_supersedes_rows_after_its_restore_point(tmp_path):

@@ -123,8 +123,14 @@ class ResultStore:
             self.fs.delete_file(part)
 
     def compact_all(self) -> None:
+        """Compact every table and delete the temporary files of writes a crash interrupted
+        (their rows are re-reported after resume). Only when no one else writes: at the end."""
         for table in SCHEMAS:
             self.compact(table)
+            selector = pafs.FileSelector(self.table_dir(table), allow_not_found=True)
+            for info in self.fs.get_file_info(selector):
+                if info.base_name.startswith(".tmp-"):
+                    self.fs.delete_file(info.path)
 
     # -- internals -----------------------------------------------------------------------------
 

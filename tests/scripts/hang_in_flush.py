@@ -1,0 +1,37 @@
+"""`python -m lifelab ...`, except that the results store hangs in the middle of one part write:
+the temporary file of the Nth write to the metrics table is on disk, not yet renamed, when the
+driver stops there and touches a marker file. tests/test_resume.py SIGKILLs it at that moment,
+i.e. while the store is flushing.
+
+Environment: LIFELAB_TEST_FLUSH_AT (N), LIFELAB_TEST_FLUSH_MARKER (the marker file's path).
+"""
+
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from lifelab import cli
+from lifelab.platform import store
+
+hang_at = int(os.environ["LIFELAB_TEST_FLUSH_AT"])
+marker = Path(os.environ["LIFELAB_TEST_FLUSH_MARKER"])
+metrics_writes = 0
+
+
+def write_table_then_hang(table, where, **kwargs):
+    global metrics_writes
+    pq.write_table(table, where, **kwargs)
+    if "/metrics/" in str(where):
+        metrics_writes += 1
+        if metrics_writes == hang_at:
+            marker.write_text(str(where))
+            time.sleep(3600)
+
+
+# the store's own reference to pyarrow.parquet; every other user of pyarrow is untouched
+store.pq = types.SimpleNamespace(write_table=write_table_then_hang, read_table=pq.read_table)
+sys.exit(cli.main(sys.argv[1:]))

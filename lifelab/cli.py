@@ -25,7 +25,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from lifelab.searches.launch import run_sweep
 
-    sweep_uri, results = run_sweep(spec, storage=args.storage, address=args.address)
+    sweep_uri, results = run_sweep(spec, storage=args.storage, address=args.address,
+                                   progress_s=args.progress)
     return _finish(sweep_uri, results)
 
 
@@ -100,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="Ray cluster address, e.g. auto (default: $RAY_ADDRESS "
                        "or an embedded local Ray)")
     sweep.add_argument("--samples", type=int, help="override search.samples")
+    sweep.add_argument("--progress", type=float, default=10.0, metavar="SECONDS",
+                       help="seconds between progress tables: each trial's metric and the "
+                       "parameters PBT mutates (0: Tune's own output instead; default 10)")
     sweep.set_defaults(command=cmd_sweep)
 
     resume = sub.add_parser("resume", help="continue an interrupted sweep")

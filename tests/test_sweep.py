@@ -1,5 +1,8 @@
 """A real PBT sweep on the embedded Ray: every result lands in Parquet, populations evolve."""
 
+import contextlib
+import io
+import itertools
 import json
 
 import pandas as pd
@@ -25,13 +28,16 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def sweep(ray_session, tmp_path_factory):
+    """(sweep_uri, results, what the driver printed: the progress tables)."""
     storage = tmp_path_factory.mktemp("storage")
-    sweep_uri, results = run_sweep(spec_from_dict(SPEC), storage=str(storage))
-    return sweep_uri, results
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        sweep_uri, results = run_sweep(spec_from_dict(SPEC), storage=str(storage),
+                                       progress_s=1e-3)
+    return sweep_uri, results, printed.getvalue()
 
 
 def test_every_trial_completes_and_is_recorded(sweep):
-    sweep_uri, results = sweep
+    sweep_uri, results, _ = sweep
     assert len(results) == 4 and not any(r.error for r in results)
     trials = pd.read_parquet(f"{sweep_uri}/results/trials")
     assert len(trials) == 4 and set(trials.status) == {"TERMINATED"}
@@ -43,7 +49,7 @@ def test_every_trial_completes_and_is_recorded(sweep):
 
 
 def test_metrics_hold_one_row_per_trial_iteration_and_metric(sweep):
-    sweep_uri, _ = sweep
+    sweep_uri, *_ = sweep
     metrics = pd.read_parquet(f"{sweep_uri}/results/metrics")
     assert not metrics.duplicated(["trial_id", "iteration", "name"]).any()
     acc = metrics[metrics.name == "acc_avg"]
@@ -54,7 +60,7 @@ def test_metrics_hold_one_row_per_trial_iteration_and_metric(sweep):
 
 
 def test_accuracy_rows_are_the_matrix_rows_of_finished_tasks(sweep):
-    sweep_uri, _ = sweep
+    sweep_uri, *_ = sweep
     acc = pd.read_parquet(f"{sweep_uri}/results/accuracy")
     assert set(acc.trained_task) == {0, 1}
     assert (acc.eval_task <= acc.trained_task).all()
@@ -65,7 +71,7 @@ def test_accuracy_rows_are_the_matrix_rows_of_finished_tasks(sweep):
 
 
 def test_pbt_exploits_only_within_each_learners_population(sweep):
-    sweep_uri, _ = sweep
+    sweep_uri, *_ = sweep
     events = pd.read_parquet(f"{sweep_uri}/results/events")
     trials = pd.read_parquet(f"{sweep_uri}/results/trials").set_index("trial_id")
     assert len(events) > 0 and set(events.kind) == {"exploit"}
@@ -76,7 +82,7 @@ def test_pbt_exploits_only_within_each_learners_population(sweep):
 
 
 def test_report_ranks_trials_by_the_sweep_metric(sweep):
-    sweep_uri, _ = sweep
+    sweep_uri, *_ = sweep
     report = text_report(sweep_uri)
     assert "Best trial per learner" in report and "finetune" in report and "joint" in report
     metrics = pd.read_parquet(f"{sweep_uri}/results/metrics")
@@ -123,7 +129,7 @@ def test_a_diverging_trial_stops_with_its_reason_and_the_others_finish(ray_sessi
 
 
 def test_status_shows_each_trial_with_its_best_metric(sweep):
-    sweep_uri, _ = sweep
+    sweep_uri, *_ = sweep
     table = sweep_status(sweep_uri)
     metrics = pd.read_parquet(f"{sweep_uri}/results/metrics")
     best = metrics[metrics.name == "acc_avg"].groupby("trial_id").value.max()
@@ -161,3 +167,25 @@ def test_grid_searcher_runs_every_combination_once(ray_session, short_tmp):
     combos = sorted((t.learner, tuple(json.loads(t.config_json)["hidden"]))
                     for t in trials.itertuples())
     assert combos == [("finetune", (8,)), ("finetune", (16,)), ("joint", (8,)), ("joint", (16,))]
+
+
+def test_progress_tables_show_the_metric_and_the_mutated_parameters(sweep):
+    sweep_uri, _, printed = sweep
+    tables = [t for t in printed.split("\ntiny-pbt: ")[1:]]
+    assert len(tables) >= 2, printed        # while it runs, and once at the end
+    final = tables[-1].splitlines()
+    assert final[0].startswith("4 trials (4 terminated), acc_avg (max)")
+    header = final[1].split()
+    assert header[:4] == ["trial", "status", "round", "acc_avg"]
+    assert header[-2:] == ["learner", "lr"]
+    rows = [line.split() for line in itertools.takewhile(str.strip, final[2:])]
+    assert len(rows) == 4, printed
+    metrics = pd.read_parquet(f"{sweep_uri}/results/metrics")
+    best = metrics[metrics.name == "acc_avg"].groupby("trial_id").value.max()
+    trials = pd.read_parquet(f"{sweep_uri}/results/trials").set_index("trial_id")
+    assert [row[0] for row in rows] == list(best.sort_values(ascending=False).index)
+    for trial_id, status, rounds, _, best_value, learner, lr in rows:
+        config = json.loads(trials.config_json[trial_id])
+        assert (status, int(rounds), learner) == ("TERMINATED", ROUNDS, config["learner"])
+        assert float(best_value) == pytest.approx(best[trial_id], abs=1e-4)
+        assert float(lr) == pytest.approx(config["lr"], rel=1e-3)   # after PBT's mutations

@@ -17,6 +17,7 @@ from lifelab.platform.config import SweepSpec, parse_spec
 from lifelab.platform.data import Dataset, load_dataset
 from lifelab.platform.store import SPEC_FILE, join, read_spec, resolve
 from lifelab.platform.streams import StreamConfig
+from lifelab.searches.progress import DEFAULT_INTERVAL_S, ProgressCallback
 from lifelab.searches.recording import RecordingCallback
 from lifelab.searches.schedulers import build_scheduler, build_searcher
 from lifelab.searches.space import param_space
@@ -41,8 +42,9 @@ def storage_uri(storage: str | None) -> str:
 
 
 def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,
-              reuse_actors: bool = True):
-    """Start a new sweep; refuses to touch an existing one. Returns (sweep_uri, ResultGrid)."""
+              reuse_actors: bool = True, progress_s: float = DEFAULT_INTERVAL_S):
+    """Start a new sweep; refuses to touch an existing one. Returns (sweep_uri, ResultGrid).
+    `progress_s`: seconds between progress tables (0: none)."""
     sweep_uri = join(storage_uri(storage), spec.name)
     fs, path = resolve(sweep_uri)
     spec_path = join(path, SPEC_FILE)
@@ -60,7 +62,7 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
                            "--storage") from None
     connect(address)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
-    return sweep_uri, _tuner(spec, sweep_uri, data, reuse_actors).fit()
+    return sweep_uri, _tuner(spec, sweep_uri, data, reuse_actors, progress_s).fit()
 
 
 def resume_sweep(sweep_dir: str, address: str | None = None):
@@ -102,10 +104,14 @@ def _trainable(spec: SweepSpec, data: Dataset):
     return tune.with_resources(tune.with_parameters(LearnerTrainable, data=data), resources)
 
 
-def _tuner(spec: SweepSpec, sweep_uri: str, data: Dataset, reuse_actors: bool = True):
+def _tuner(spec: SweepSpec, sweep_uri: str, data: Dataset, reuse_actors: bool,
+           progress_s: float):
     from ray import tune
 
     stop = {"training_iteration": spec.stop["rounds"]} if spec.stop.get("rounds") else None
+    callbacks = [RecordingCallback(sweep_uri, spec.name)]
+    if progress_s > 0:
+        callbacks.append(ProgressCallback(spec, progress_s))
     return tune.Tuner(
         _trainable(spec, data),
         param_space=param_space(spec),
@@ -116,8 +122,9 @@ def _tuner(spec: SweepSpec, sweep_uri: str, data: Dataset, reuse_actors: bool = 
             reuse_actors=reuse_actors,
         ),
         run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=sweep_uri, stop=stop, verbose=1,
-            callbacks=[RecordingCallback(sweep_uri, spec.name)],
+            # our progress table replaces Tune's (verbose 0); a resumed sweep keeps the callbacks
+            name=TUNE_DIR, storage_path=sweep_uri, stop=stop, verbose=0 if progress_s > 0 else 1,
+            callbacks=callbacks,
             # a checkpoint every round: resume loses at most one round, and PBT needs every
             # donor checkpoint to still exist (num_to_keep=2 made trials fail, ENVIRONMENT.md)
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1,

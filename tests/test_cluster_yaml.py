@@ -42,10 +42,14 @@ def test_cluster_file_keeps_secure_defaults(path):
     assert ports == [(22, 22)]
     for rule in config["provider"]["security_group"]["IpPermissions"]:
         assert all(r["CidrIp"] != "0.0.0.0/0" for r in rule["IpRanges"])
-    for node in config["available_node_types"].values():
-        assert "lifelab-node" in node["node_config"]["IamInstanceProfile"]["Arn"]
     workers = [n for name, n in config["available_node_types"].items()
                if name != config["head_node_type"]]
+    head = config["available_node_types"][config["head_node_type"]]
+    head_profile = head["node_config"]["IamInstanceProfile"]["Arn"]
+    assert head_profile.endswith("instance-profile/lifelab-head")
+    for node in workers:
+        assert node["node_config"]["IamInstanceProfile"]["Arn"].endswith(
+            "instance-profile/lifelab-node")
     assert workers and all(n["min_workers"] == 0 for n in workers)   # GPUs scale from zero
     # every node installs this checkout, whose pyproject pins Ray
     assert "~/lifelab" in config["file_mounts"]
@@ -66,3 +70,21 @@ def test_iam_policy_grants_only_the_results_bucket():
     assert resources_ == {"arn:aws:s3:::YOUR-BUCKET", "arn:aws:s3:::YOUR-BUCKET/*"}
     actions = {a for s in policy["Statement"] for a in s["Action"]}
     assert all(a.startswith("s3:") for a in actions)
+
+
+def test_head_policy_launches_workers_with_the_node_role_only():
+    policy = json.loads((ROOT / "cluster" / "iam-head-policy.json").read_text())
+    by_service: dict[str, set] = {}
+    for statement in policy["Statement"]:
+        resources_ = statement["Resource"]
+        for action in statement["Action"]:
+            by_service.setdefault(action.split(":")[0], set()).update(
+                [resources_] if isinstance(resources_, str) else resources_)
+    assert set(by_service) == {"ec2", "iam", "s3"}
+    # the autoscaler's calls (ray/autoscaler/_private/aws/node_provider.py), nothing else
+    ec2 = {a for s in policy["Statement"] for a in s["Action"] if a.startswith("ec2:")}
+    assert {"ec2:RunInstances", "ec2:TerminateInstances", "ec2:DescribeInstances",
+            "ec2:CreateTags"} <= ec2 and not {"ec2:*", "ec2:AuthorizeSecurityGroupIngress"} & ec2
+    assert by_service["iam"] == {"arn:aws:iam::YOUR-ACCOUNT:role/lifelab-node",
+                                 "arn:aws:iam::YOUR-ACCOUNT:instance-profile/lifelab-node"}
+    assert by_service["s3"] == {"arn:aws:s3:::YOUR-BUCKET", "arn:aws:s3:::YOUR-BUCKET/*"}

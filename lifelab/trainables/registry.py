@@ -17,6 +17,7 @@ LEARNERS: dict[str, str] = {
     "scp": "lifelab.learners.regularized:SCP",
     "si": "lifelab.learners.pathint:SI",
     "rwalk": "lifelab.learners.pathint:RWalk",
+    "reversible": "lifelab.learners.reversible:Reversible",
 }
 
 

@@ -19,6 +19,10 @@ Growing an *input* (e.g. a longer embedding feeding a layer): the layer gets zer
 for the new inputs, and the new input entries may be anything (non-zero, so that the new columns
 receive gradients); the output is unchanged.
 
+Deepening inserts an identity-initialised layer after an activation (exact for ReLU; see
+`identity_linear`). `widen_homogeneous` widens keeping every sum of squares over the layer (for
+networks that read a layer's norm, such as forward-forward), exact for ReLU.
+
 Shrinking keeps the most important units: unit importance is ||incoming row|| x ||outgoing column||
 (the size of the path through the unit); input importance is ||weight column|| x rms of the input
 value. Shrinking is not function-preserving; it keeps as much of the function as these proxies can.
@@ -26,6 +30,7 @@ value. Shrinking is not function-preserving; it keeps as much of the function as
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -173,3 +178,68 @@ def resize_input_values(values: torch.Tensor, keep: torch.Tensor, fill: torch.Te
     mask_shape[dim] = len(keep)
     mask = old.to(values.device).reshape(mask_shape).expand_as(out)
     return torch.where(mask, picked, out)
+
+
+# -- deepening and norm-preserving widening -------------------------------------------------------
+#
+# Deepening (Net2DeeperNet, Chen et al. 2016): a new layer with identity weights and zero bias goes
+# right after an activation sigma, so it computes sigma(I h + 0) = sigma(h) where h = sigma(z).
+# That equals h exactly (no rounding: I h adds only exact zeros) when sigma(sigma(z)) = sigma(z),
+# i.e. sigma is idempotent: ReLU (its outputs are non-negative, where ReLU is the identity), hard
+# thresholds, clamps. For tanh or sigmoid it is NOT exact (tanh(tanh(z)) != tanh(z)): there the
+# inserted layer changes the function and only approximates it where sigma is near-linear.
+
+
+def identity_linear(width: int, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> nn.Linear:
+    """A `width -> width` linear layer computing its input exactly (weight I, bias 0)."""
+    layer = nn.Linear(width, width, device=device, dtype=dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(width, device=device, dtype=dtype))
+        layer.bias.zero_()
+    return layer
+
+
+def deepen_sequential(model: nn.Sequential, after: int) -> nn.Sequential:
+    """`model` with [identity linear, the same activation] inserted after module `after`, which
+    must be an idempotent activation such as nn.ReLU (see above) following a linear layer.
+    The modules are shared with `model`, not copied."""
+    modules = list(model)
+    activation = modules[after] if 0 <= after < len(modules) else None
+    if not isinstance(activation, (nn.ReLU, nn.Hardtanh)):
+        raise ValueError(f"deepen after an idempotent activation (nn.ReLU), got module {after}: "
+                         f"{type(activation).__name__}")
+    width = next(m.out_features for m in reversed(modules[:after]) if isinstance(m, nn.Linear))
+    ref = next(m.weight for m in reversed(modules[:after]) if isinstance(m, nn.Linear))
+    new = identity_linear(width, ref.device, ref.dtype)
+    return nn.Sequential(*modules[:after + 1], new, copy.deepcopy(activation), *modules[after + 1:])
+
+
+def widen_homogeneous(layer: nn.Linear, reader: nn.Linear | None, new_width: int,
+                      generator: torch.Generator | None = None
+                      ) -> tuple[nn.Linear, nn.Linear | None, UnitMap]:
+    """Widen `layer` to `new_width` units keeping every sum of squares over its units.
+
+    For a positively homogeneous activation (sigma(c z) = c sigma(z) for c > 0: ReLU, leaky ReLU),
+    copy j of unit s takes sqrt(share_j) of s's incoming weights and bias, so its activation is
+    sqrt(share_j) h_s; the shares of s's copies sum to one, so sum_j h_j^2 (the layer's squared
+    norm, forward-forward's goodness) is unchanged, and the reader, whose columns are scaled by
+    sqrt(share_j) too, receives sum_j share_j w_s h_s = w_s h_s: the same input. `reader` may be
+    None (nothing reads the layer)."""
+    umap = widen_map(layer.out_features, new_width, generator)
+    root = umap.share.sqrt()
+    new_layer = nn.Linear(layer.in_features, new_width, bias=layer.bias is not None)
+    with torch.no_grad():
+        scale = root.to(layer.weight)
+        new_layer.weight.copy_(umap.take(layer.weight, 0) * scale[:, None])
+        if layer.bias is not None:
+            new_layer.bias.copy_(umap.take(layer.bias, 0) * scale)
+    new_layer = new_layer.to(layer.weight.device)
+    if reader is None:
+        return new_layer, None, umap
+    new_reader = nn.Linear(new_width, reader.out_features, bias=reader.bias is not None)
+    with torch.no_grad():
+        new_reader.weight.copy_(umap.take(reader.weight, 1) * root.to(reader.weight)[None, :])
+        if reader.bias is not None:
+            new_reader.bias.copy_(reader.bias)
+    return new_layer, new_reader.to(reader.weight.device), umap

@@ -17,6 +17,12 @@ LEARNERS: dict[str, str] = {
     "scp": "lifelab.learners.regularized:SCP",
     "si": "lifelab.learners.pathint:SI",
     "rwalk": "lifelab.learners.pathint:RWalk",
+    "backprop": "lifelab.learners.credit:Backprop",
+    "feedback_alignment": "lifelab.learners.credit:FeedbackAlignment",
+    "dfa": "lifelab.learners.credit:DFA",
+    "synthetic_gradients": "lifelab.learners.credit:SyntheticGradients",
+    "forward_forward": "lifelab.learners.credit:ForwardForward",
+    "target_prop": "lifelab.learners.credit:TargetProp",
     "reversible": "lifelab.learners.reversible:Reversible",
 }
 

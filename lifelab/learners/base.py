@@ -219,12 +219,15 @@ class ContinualLearner:
         """Logits of the output units `task` uses, given the tasks seen so far."""
         return self.model(x)[:, self.stream.output_units(task, self.task + 1)]
 
+    def summed_loss(self, x: torch.Tensor, y: torch.Tensor, task: int) -> torch.Tensor:
+        """The training loss of one task's batch, summed over its samples."""
+        return F.cross_entropy(self.logits(x, task), y, reduction="sum")
+
     def train_step(self) -> torch.Tensor:
         self.model.train()
         chunks = self.training_batches()
-        total = sum(len(y) for _, _, y in chunks)
-        loss = sum(F.cross_entropy(self.logits(x, t), y, reduction="sum")
-                   for t, x, y in chunks) / total
+        self.batch_total = sum(len(y) for _, _, y in chunks)
+        loss = sum(self.summed_loss(x, y, t) for t, x, y in chunks) / self.batch_total
         loss = loss + self.penalty()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -182,19 +182,11 @@ class CreditLearner(ContinualLearner):
         """The rule's training loss summed over the batch; its backward is the rule's update."""
         return F.cross_entropy(self.model(x)[:, units], y, reduction="sum")
 
+    def summed_loss(self, x: torch.Tensor, y: torch.Tensor, task: int) -> torch.Tensor:
+        return self.rule_loss(x, y, self.stream.output_units(task, self.task + 1))
+
     def train_step(self) -> torch.Tensor:
-        self.model.train()
-        chunks = self.training_batches()
-        self.batch_total = sum(len(y) for _, _, y in chunks)
-        loss = sum(self.rule_loss(x, y, self.stream.output_units(t, self.task + 1))
-                   for t, x, y in chunks) / self.batch_total
-        loss = loss + self.penalty()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.before_step()
-        self.optimizer.step()
-        self.after_step()
-        loss = loss.detach()
+        loss = super().train_step()
         if self.config["growing"]:
             self.watch_progress(loss.item())
         return loss

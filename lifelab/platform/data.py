@@ -1,4 +1,5 @@
-"""Datasets as in-memory tensors: the embedded MNIST-5k and torchvision's image sets.
+"""Datasets as in-memory tensors: the embedded MNIST-5k, scikit-learn's bundled 8x8 digits and
+torchvision's image sets.
 
 Every dataset comes back flattened (N, D) float32 in [0, 1] with int64 labels, so streams and
 learners never care where the pixels came from. Nothing here downloads unless asked to.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.resources
+import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -19,7 +21,8 @@ import torch
 
 from lifelab.errors import DataError
 
-DATASETS: tuple[str, ...] = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100")
+DATASETS: tuple[str, ...] = ("mnist5k", "digits", "mnist", "fashion_mnist", "cifar10",
+                             "cifar100")
 
 # name -> (torchvision class, folder torchvision reads under the root, input shape, classes)
 _TORCHVISION: dict[str, tuple[str, str, tuple[int, ...], int]] = {
@@ -30,6 +33,7 @@ _TORCHVISION: dict[str, tuple[str, str, tuple[int, ...], int]] = {
 }
 
 _MNIST5K_TRAIN = 4000  # of 5,000 images; the remaining 1,000 are the test set
+_DIGITS_TRAIN = 1400   # of 1,797 images; the remaining 397 are the test set
 
 
 # eq=False: tensors have no single truth value, so dataclass equality would raise; identity it is.
@@ -59,6 +63,8 @@ def load_dataset(name: str, data_root: str | None = None, download: bool = False
     """Load dataset `name` (one of DATASETS); `data_root`/`download` only matter for torchvision."""
     if name == "mnist5k":
         return _load_mnist5k()
+    if name == "digits":
+        return _load_digits()
     if name not in _TORCHVISION:
         raise DataError(f"dataset {name!r} is unknown: use one of {', '.join(DATASETS)}")
     root = Path(data_root).expanduser() if data_root else default_data_root()
@@ -78,6 +84,24 @@ def _load_mnist5k() -> Dataset:
     y = torch.from_numpy(table[:, 784].astype(np.int64))
     n = _MNIST5K_TRAIN
     return Dataset("mnist5k", x[:n], y[:n], x[n:], y[n:], (1, 28, 28), 10)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images, pixels 0..16, the label last), shuffled
+    with a fixed seed (the file is ordered) and split 1,400 / 397. Read from the installed
+    package's file, as `sklearn.datasets.load_digits` does, without importing scikit-learn."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("dataset 'digits' needs scikit-learn: pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, "rt") as text:
+        table = np.loadtxt(text, delimiter=",")
+    table = table[np.random.default_rng(0).permutation(len(table))]
+    x = torch.from_numpy((table[:, :64] / 16.0).astype(np.float32))
+    y = torch.from_numpy(table[:, 64].astype(np.int64))
+    n = _DIGITS_TRAIN
+    return Dataset("digits", x[:n], y[:n], x[n:], y[n:], (1, 8, 8), 10)
 
 
 def _load_torchvision(name: str, root: Path, download: bool) -> Dataset:

@@ -17,6 +17,7 @@ LEARNERS: dict[str, str] = {
     "scp": "lifelab.learners.regularized:SCP",
     "si": "lifelab.learners.pathint:SI",
     "rwalk": "lifelab.learners.pathint:RWalk",
+    "teacher": "lifelab.learners.teacher:Teacher",
     "backprop": "lifelab.learners.credit:Backprop",
     "feedback_alignment": "lifelab.learners.credit:FeedbackAlignment",
     "dfa": "lifelab.learners.credit:DFA",

@@ -112,6 +112,23 @@ class Param:
         return value
 
 
+def checked_params(owner: str, params: dict[str, Param], config: dict) -> dict:
+    """Every key of `params`, checked, defaults filled in; a key that is neither one of them
+    nor common (COMMON_KEYS) is a ConfigError naming the valid ones."""
+    for key in config:
+        if key not in params and key not in COMMON_KEYS:
+            raise ConfigError(f"'{key}' is not a config key of learner '{owner}': "
+                              f"use one of {', '.join(sorted(params))}")
+    return {key: p.check(owner, key, config.get(key, p.default)) for key, p in params.items()}
+
+
+def checked_seed(config: dict) -> int:
+    seed = config.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    return seed
+
+
 class ContinualLearner:
     """The shared continual-learning loop over an MLP with one output unit per stream class."""
 
@@ -133,17 +150,9 @@ class ContinualLearner:
     @classmethod
     def validate_config(cls, config: dict) -> dict:
         """The config with defaults filled in; raises ConfigError naming a bad key."""
-        for key in config:
-            if key not in cls.params and key not in COMMON_KEYS:
-                raise ConfigError(f"'{key}' is not a config key of learner '{cls.name}': "
-                                  f"use one of {', '.join(sorted(cls.params))}")
-        full = {key: p.check(cls.name, key, config.get(key, p.default))
-                for key, p in cls.params.items()}
+        full = checked_params(cls.name, cls.params, config)
         full["stream"] = StreamConfig.from_dict(config.get("stream") or {})
-        seed = config.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
-        full["seed"] = seed
+        full["seed"] = checked_seed(config)
         return full
 
     def __init__(self, config: dict, device: str | torch.device = "cpu",

@@ -121,7 +121,7 @@ from torch.nn import functional as F
 
 from lifelab.errors import ConfigError
 from lifelab.learners import growth
-from lifelab.learners.base import COMMON_KEYS, Evaluation, Param
+from lifelab.learners.base import COMMON_KEYS, Evaluation, Param, checked_params, checked_seed
 from lifelab.platform.data import DATASETS, Dataset, load_dataset
 from lifelab.platform.streams import StreamConfig
 
@@ -479,12 +479,7 @@ class Teacher:
     @classmethod
     def validate_config(cls, config: dict) -> dict:
         """The config with defaults filled in; raises ConfigError naming a bad key."""
-        for key in config:
-            if key not in cls.params and key not in COMMON_KEYS:
-                raise ConfigError(f"'{key}' is not a config key of learner '{cls.name}': "
-                                  f"use one of {', '.join(sorted(cls.params))}")
-        full = {key: p.check(cls.name, key, config.get(key, p.default))
-                for key, p in cls.params.items()}
+        full = checked_params(cls.name, cls.params, config)
         for key in ("student_depth", "student_width"):
             value = full[key]
             if len(value) != 2 or value[0] > value[1]:
@@ -510,10 +505,7 @@ class Teacher:
                                   f"only names the meta-training data): remove it, keep "
                                   f"{', '.join(STREAM_KEYS)}")
         full["stream"] = StreamConfig.from_dict(stream)
-        seed = config.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
-        full["seed"] = seed
+        full["seed"] = checked_seed(config)
         return full
 
     def __init__(self, config: dict, device: str | torch.device = "cpu",

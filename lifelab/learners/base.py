@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from lifelab.errors import ConfigError
 from lifelab.platform.data import Dataset, load_dataset
 from lifelab.platform.metrics import summarize
-from lifelab.platform.streams import Stream, StreamConfig, build_stream
+from lifelab.platform.streams import STREAM_KINDS, Stream, StreamConfig, build_stream
 
 #: keys every learner config may hold besides its own parameters
 COMMON_KEYS = ("stream", "seed")
@@ -152,6 +152,10 @@ class ContinualLearner:
         """The config with defaults filled in; raises ConfigError naming a bad key."""
         full = checked_params(cls.name, cls.params, config)
         full["stream"] = StreamConfig.from_dict(config.get("stream") or {})
+        if not isinstance(full["stream"], StreamConfig):       # e.g. episodes (trial_and_error)
+            raise ConfigError(f"learner '{cls.name}' learns from a task stream, not "
+                              f"stream.kind {full['stream'].kind}: use one of "
+                              f"{', '.join(STREAM_KINDS)}")
         full["seed"] = checked_seed(config)
         return full
 

@@ -24,6 +24,7 @@ import torch
 
 from lifelab.errors import ConfigError
 from lifelab.platform.data import DATASETS, Dataset
+from lifelab.platform.episodes import EPISODE_KINDS, EpisodeConfig
 
 STREAM_KINDS: tuple[str, ...] = ("permuted", "split")
 SCENARIOS: tuple[str, ...] = ("task", "domain", "class")
@@ -62,10 +63,13 @@ class StreamConfig:
             raise ConfigError(f"stream.download must be true or false, got {self.download!r}")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StreamConfig:
-        """Build from a plain dict (e.g. parsed YAML); missing keys take their defaults."""
+    def from_dict(cls, d: Mapping[str, Any]) -> StreamConfig | EpisodeConfig:
+        """Build from a plain dict (e.g. parsed YAML); missing keys take their defaults.
+        An episode kind (trial_and_error) gives its own config (lifelab.platform.episodes)."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"stream must be a mapping of stream keys, got {d!r}")
+        if d.get("kind") in EPISODE_KINDS:
+            return EpisodeConfig.from_dict(d)
         keys = [f.name for f in dataclasses.fields(cls)]
         for key in d:
             if key not in keys:
@@ -163,6 +167,9 @@ class Stream:
 
 def build_stream(config: StreamConfig, dataset: Dataset) -> Stream:
     """Cut `dataset` (loaded for config.dataset) into the tasks `config` describes."""
+    if isinstance(config, EpisodeConfig):
+        raise ConfigError(f"stream.kind {config.kind} gives episodes, not tasks: a continual "
+                          f"learner needs stream.kind {' or '.join(STREAM_KINDS)}")
     if dataset.name != config.dataset:
         raise ValueError(f"stream wants dataset {config.dataset!r}, got {dataset.name!r}")
     data = (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)

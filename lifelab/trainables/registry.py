@@ -10,6 +10,7 @@ LEARNERS: dict[str, str] = {
     "finetune": "lifelab.learners.baselines:Finetune",
     "joint": "lifelab.learners.baselines:Joint",
     "hnet": "lifelab.learners.hnet:HNet",
+    "lifelong_lstm": "lifelab.learners.lifelong_lstm:LifelongLSTM",
     "l2": "lifelab.learners.regularized:L2",
     "ewc": "lifelab.learners.regularized:EWC",
     "online_ewc": "lifelab.learners.regularized:OnlineEWC",

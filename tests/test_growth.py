@@ -103,3 +103,41 @@ def test_shrinking_an_input_block_keeps_the_columns_that_matter():
     new, keep = growth.resize_inputs(weight, 1, 2, 1, importance)
     assert keep.tolist() == [0] and new.tolist() == [[1.0, 5.0, 9.0], [1.0, 5.0, 9.0]]
     assert growth.resize_input_values(values[:, 1:3], keep, torch.zeros(1, 1)).tolist() == [[1.0]]
+
+
+def test_resize_lstm_cell_widened_cell_computes_the_same_over_time_and_narrowing_keeps_shape():
+    torch.manual_seed(0)
+    cell, out = nn.LSTMCell(3, 4), nn.Linear(4, 2)
+    mix = nn.Linear(2 + 4, 5)                    # reads [other input (2) | h (4)]
+    xs, other = torch.randn(6, 10, 3), torch.randn(10, 2)
+
+    def run(cell, out, mix):
+        h = c = torch.zeros(10, cell.hidden_size)
+        outs = []
+        for x in xs:                             # h feeds back through weight_hh every step
+            h, c = cell(x, (h, c))
+            outs.append(torch.cat([out(h), mix(torch.cat([other, h], 1))], 1))
+        return torch.stack(outs), h
+
+    state = {**{f"cell.{k}": v for k, v in cell.state_dict().items()},
+             **{f"out.{k}": v for k, v in out.state_dict().items()},
+             **{f"mix.{k}": v for k, v in mix.state_dict().items()}}
+    before, h = run(cell, out, mix)
+    wide_state = dict(state)
+    umap = growth.resize_lstm_cell(wide_state, "cell", {"out.weight": 0, "mix.weight": 2}, 9,
+                                   torch.Generator().manual_seed(1))
+    wide = (nn.LSTMCell(3, 9), nn.Linear(9, 2), nn.Linear(2 + 9, 5))
+    for prefix, module in zip(("cell", "out", "mix"), wide, strict=True):
+        module.load_state_dict({k[len(prefix) + 1:]: v for k, v in wide_state.items()
+                                if k.startswith(prefix + ".")})
+    after, h_wide = run(*wide)
+    assert umap.exact and umap.width == 9
+    assert torch.allclose(after, before, atol=1e-5, rtol=0)
+    assert torch.allclose(h_wide, umap.take(h, 1), atol=1e-5, rtol=0)   # copies carry copies
+    # the shares matter: the wider cell is not just the old one with ignored units
+    assert not torch.equal(wide_state["cell.weight_hh"][:, :4], state["cell.weight_hh"])
+    narrow = dict(state)
+    umap = growth.resize_lstm_cell(narrow, "cell", {"out.weight": 0, "mix.weight": 2}, 2)
+    assert not umap.exact and narrow["cell.weight_ih"].shape == (8, 3)
+    assert narrow["cell.weight_hh"].shape == (8, 2) and narrow["mix.weight"].shape == (5, 4)
+    assert torch.equal(narrow["mix.weight"][:, :2], state["mix.weight"][:, :2])

@@ -20,6 +20,7 @@ TINY = {"hidden": [16], "feature_size": 8, "b_size": 8, "c_size": 8, "batch_epis
         "batches_per_round": 1, "eval_episodes": 4, "truncation": 1,
         "stream": {"kind": "trial_and_error", "groups": [[0, 1, 2], [3, 4]], "tries": 2,
                    "presentations": 2}}
+WIDE = {"hidden": [24], "b_size": 13, "c_size": 11}    # TINY's sizes, widened (adapt)
 
 
 @pytest.fixture(scope="module")
@@ -336,11 +337,56 @@ def test_trainable_drives_the_learner_and_spec_validates(ray_session, tmp_path):
     assert "acc_first_try" in result and "acc_rows" not in result and not result["done"]
     trainable.save_checkpoint(str(tmp_path))
     assert trainable.train()["done"]
+    # PBT exploiting into a trial with other LSTM sizes: the checkpoint goes through adapt
+    wider = LearnerTrainable(config={"learner": "lifelong_lstm", **TINY, **WIDE, "rounds": 2})
+    wider.load_checkpoint(str(tmp_path))
+    assert wider.learner.round == 1 and wider.learner.model.type_b.hidden_size == 13
+    assert wider.train()["done"]
     torch.set_num_threads(threads)
     spec = load_spec("lifelong-lstm-pbt")
     assert spec.learner_names() == ["lifelong_lstm"] and spec.search.metric == "acc_early"
-    with pytest.raises(ConfigError, match="search.mutations.b_size changes the architecture"):
-        spec_from_dict({"learner": "lifelong_lstm", "stream": {"kind": "trial_and_error"},
-                        "search": {"scheduler": "pbt", "metric": "acc_early",
-                                   "mutations": {"b_size": [8, 16]}},
-                        "stop": {"rounds": 2}})
+    assert {"b_size", "c_size"} <= set(spec.search.mutations)
+    spec_from_dict({"learner": "lifelong_lstm", "stream": {"kind": "trial_and_error"},
+                    "search": {"scheduler": "pbt", "metric": "acc_early",
+                               "mutations": {"b_size": [8, 16]}},
+                    "stop": {"rounds": 2}})            # adaptable: the spec validates
+
+
+# -- adapt: PBT over the LSTM sizes -----------------------------------------------------------
+
+@pytest.mark.parametrize("ablation", [{}, {"fast_weights": False}, {"type_c": False}])
+def test_widening_b_c_and_the_trunk_preserves_every_output_then_training_moves_new_units(
+        mnist, ablation):
+    narrow = LifelongLSTM({**TINY, **ablation}, data=mnist)
+    narrow.step_round()                          # trained weights and optimizer moments
+    wide = LifelongLSTM({**TINY, **ablation, **WIDE}, data=mnist)
+    wide.adapt(narrow.state_dict(), {**TINY, **ablation})
+    assert wide.model.type_b.hidden_size == 13 and wide.model.type_c.hidden_size == 11
+    assert wide.model.trunk[0].out_features == 24 and wide.round == narrow.round
+    a, b = narrow.run_episodes(narrow.eval_set), wide.run_episodes(wide.eval_set)
+    for key in ("scores", "loss_first", "loss_post"):
+        assert torch.allclose(a[key], b[key], atol=1e-5, rtol=0), key
+    assert torch.equal(a["pick"], b["pick"]) and torch.equal(a["tries"], b["tries"])
+    # resized tensors start with fresh moments; the others keep theirs
+    moments = wide.optimizer.state_dict()["state"]
+    names = [n for n, _ in wide.model.named_parameters()]
+    assert names.index("type_b.weight_ih") not in moments
+    assert names.index("head.weight") in moments
+    new_rows = wide.model.type_b.weight_ih.detach().reshape(4, 13, -1)[:, 8:].clone()
+    wide.step_round()
+    trained = wide.model.type_b.weight_ih.detach().reshape(4, 13, -1)[:, 8:]
+    assert not torch.allclose(trained, new_rows)
+
+
+def test_narrowing_keeps_units_and_trains_and_unadaptable_keys_are_config_errors(mnist):
+    wide = LifelongLSTM({**TINY, **WIDE}, data=mnist)
+    small = LifelongLSTM({**TINY, "hidden": [10], "b_size": 5, "c_size": 6}, data=mnist)
+    small.adapt(wide.state_dict(), {**TINY, **WIDE})
+    assert small.model.type_c.weight_ih.shape == (4 * 6, 5 + 2 + 2 * 5 + 1)
+    metrics = small.step_round()
+    assert 0 <= metrics["acc_first_try"] <= 1 and metrics["train_loss"] > 0
+    for old, key in (({"feature_size": 4}, "feature_size"), ({"hidden": [16, 16]}, "trunk layers")):
+        with pytest.raises(ConfigError, match=key) as err:
+            LifelongLSTM(TINY, data=mnist).adapt(LifelongLSTM({**TINY, **old}, data=mnist)
+                                                 .state_dict(), {**TINY, **old})
+        assert "\n" not in str(err.value)

@@ -1,5 +1,5 @@
-"""Function-preserving growth and importance-based shrinking of MLP layers, shared by every
-learner's `adapt` (population-based search mutating sizes) and by networks that grow.
+"""Function-preserving growth and importance-based shrinking of MLP layers and LSTM cells, shared
+by every learner's `adapt` (population-based search mutating sizes) and by networks that grow.
 
 Linear weights are (out, in), as in `nn.Linear`. Resizing the units of a hidden layer touches two
 kinds of tensors, and one `UnitMap` describes both:
@@ -14,6 +14,9 @@ the next layer receives the same sum. The split is random (shares drawn in [0.5,
 normalised per unit) rather than equal: the copies then get different gradients and learn apart,
 which equal halves never would. The network computes the same function after widening, up to float
 rounding (the sums are grouped differently). This holds for any elementwise activation.
+
+An LSTM cell (`resize_lstm_cell`) is resized the same way, unit by unit across its four gate
+blocks; its recurrent matrix reads h, so it is one of the readers whose columns are spread.
 
 Growing an *input* (e.g. a longer embedding feeding a layer): the layer gets zero weight columns
 for the new inputs, and the new input entries may be anything (non-zero, so that the new columns
@@ -60,6 +63,19 @@ class UnitMap:
         shape[dim] = self.width
         share = self.share.to(device=t.device, dtype=t.dtype).reshape(shape)
         return self.take(t, dim) * share
+
+    def take_blocks(self, t: torch.Tensor, blocks: int) -> torch.Tensor:
+        """`t` whose dim 0 is `blocks` consecutive blocks of the units (an LSTM's four gates, an
+        (h, c) pair), each block indexed by the units."""
+        old = t.shape[0] // blocks
+        return self.take(t.reshape(blocks, old, *t.shape[1:]), 1).reshape(
+            blocks * self.width, *t.shape[1:])
+
+    def spread_block(self, t: torch.Tensor, start: int, width: int) -> torch.Tensor:
+        """`t` (out, in) whose columns start..start+width-1 read the `width` old units and whose
+        other columns read other inputs (kept): that block spread, the rest unchanged."""
+        block = self.spread(t[:, start:start + width], 1)
+        return torch.cat([t[:, :start], block, t[:, start + width:]], dim=1)
 
 
 def identity_map(width: int) -> UnitMap:
@@ -133,6 +149,40 @@ def resize_linear(layer: nn.Linear, reader: nn.Linear, new_width: int,
         if reader.bias is not None:
             new_reader.bias.copy_(reader.bias)
     return new_layer.to(layer.weight.device), new_reader.to(reader.weight.device), umap
+
+
+def resize_lstm_cell(model: dict[str, torch.Tensor], prefix: str, readers: dict[str, int],
+                     new_width: int, generator: torch.Generator | None = None) -> UnitMap:
+    """Resize the hidden units of the `nn.LSTMCell` named `prefix` in the state dict `model`, in
+    place, and every tensor that reads its h.
+
+    `readers` maps the state-dict key of each weight (out, in) that reads h to the column where h
+    starts in its input (0 when h is all it reads). A new unit copies a unit's rows in all four
+    gate blocks (weight_ih, weight_hh, both biases); the recurrent matrix weight_hh itself reads h,
+    so its columns are spread like every reader's. With the (h, c) state taken by the returned map
+    (zeros stay zeros), a widened cell computes the same h for the old units and copies of them
+    for the new ones, and every reader the same sum: function-preserving. Narrowing keeps the
+    units with the largest incoming (all gates) x outgoing (readers and weight_hh) weights.
+    Anything else indexed by the units (a stored state, a layer producing an initial state) is
+    the caller's: `UnitMap.take` / `take_blocks`."""
+    w_ih, w_hh = model[f"{prefix}.weight_ih"], model[f"{prefix}.weight_hh"]
+    b_ih, b_hh = model[f"{prefix}.bias_ih"], model[f"{prefix}.bias_hh"]
+    width = w_hh.shape[1]
+
+    def per_unit(t: torch.Tensor) -> torch.Tensor:      # (4H, ...) -> (H, 4 * ...)
+        return t.reshape(4, width, -1).transpose(0, 1).reshape(width, -1)
+
+    incoming = torch.cat([per_unit(w_ih), per_unit(w_hh), per_unit(b_ih), per_unit(b_hh)], 1)
+    outgoing = torch.cat([*(model[key][:, start:start + width] for key, start in readers.items()),
+                          w_hh], 0)
+    umap = resize_map(width, new_width, unit_importance(incoming, outgoing), generator)
+    model[f"{prefix}.weight_ih"] = umap.take_blocks(w_ih, 4)
+    model[f"{prefix}.weight_hh"] = umap.spread(umap.take_blocks(w_hh, 4), 1)
+    model[f"{prefix}.bias_ih"] = umap.take_blocks(b_ih, 4)
+    model[f"{prefix}.bias_hh"] = umap.take_blocks(b_hh, 4)
+    for key, start in readers.items():
+        model[key] = umap.spread_block(model[key], start, width)
+    return umap
 
 
 def input_importance(weight: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ evaluation on `eval_episodes` held-out episodes (test split, fixed by stream.see
 of every trial is scored on the same episodes). `done` after `rounds` rounds. There is no
 accuracy matrix: `rows` stays empty; `evaluate()` returns the held-out metrics.
 
-Config keys (default):
+Config keys (default; `adapt` carries a checkpoint across hidden, b_size and c_size, for PBT):
   hidden              [128]  trunk hidden sizes (ReLU)
   feature_size        64     the trunk's (linear) output: what the fast layer reads
   b_size              64     Type B LSTM width
@@ -90,7 +90,8 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from lifelab.errors import ConfigError
-from lifelab.learners.base import Param, checked_params, checked_seed
+from lifelab.learners import growth
+from lifelab.learners.base import COMMON_KEYS, Param, checked_params, checked_seed
 from lifelab.platform.data import Dataset, load_dataset
 from lifelab.platform.episodes import MAX_PRESENTATIONS, EpisodeConfig, Episodes, EpisodeSampler
 
@@ -157,6 +158,7 @@ class LifelongLSTM:
         "acc_first_try", *(f"acc_presentation_{k}" for k in range(1, MAX_PRESENTATIONS + 1)),
         "acc_early", "mean_tries", "improvement", "recovery_steps", "train_loss")
     architecture_keys: tuple[str, ...] = ("hidden", "feature_size", "b_size", "c_size")
+    adaptable_keys: tuple[str, ...] = ("hidden", "b_size", "c_size")
 
     @classmethod
     def validate_config(cls, config: dict) -> dict:
@@ -398,6 +400,52 @@ class LifelongLSTM:
             group["lr"] = self.config["lr"]
         self.generator.set_state(state["generator"])
         self.round = state["round"]
+
+
+    def adapt(self, state: dict, old_config: dict) -> None:
+        """Load a state made under other widths (PBT mutating b_size, c_size, hidden). Widening is
+        function-preserving (Net2Net through `lifelab.learners.growth`): a new unit copies a
+        unit's incoming weights and every reader of that unit splits its column among the copies,
+        so right after it the learner plays every episode as before (up to float rounding).
+        Narrowing keeps the most important units. Adam moments of resized tensors start afresh."""
+        own = {k: v for k, v in old_config.items() if k in self.params or k in COMMON_KEYS}
+        old, new = self.validate_config(own), self.config
+        for key in self.architecture_keys:
+            if key not in self.adaptable_keys and old[key] != new[key]:
+                raise ConfigError(f"lifelong_lstm cannot adapt a checkpoint across {key} "
+                                  f"{old[key]!r} -> {new[key]!r}: remove {key} from "
+                                  f"search.mutations (only {', '.join(self.adaptable_keys)} "
+                                  "can be mutated)")
+        if len(old["hidden"]) != len(new["hidden"]):
+            raise ConfigError(f"lifelong_lstm cannot change the number of trunk layers "
+                              f"({old['hidden']} -> {new['hidden']}): give every hidden in a "
+                              "mutation ladder the same length")
+        model = dict(state["model"])
+        generator = torch.Generator().manual_seed(new["seed"])
+        # trunk: Linear k (module 2k) is read by module 2k + 2 (the next one, or the features)
+        for k, new_width in enumerate(new["hidden"]):
+            w_in, b_in = model[f"trunk.{2 * k}.weight"], model[f"trunk.{2 * k}.bias"]
+            reader = f"trunk.{2 * k + 2}.weight"
+            importance = growth.unit_importance(w_in, model[reader], b_in)
+            umap = growth.resize_map(len(b_in), new_width, importance, generator)
+            model[f"trunk.{2 * k}.weight"], model[f"trunk.{2 * k}.bias"] = umap.take(w_in), \
+                umap.take(b_in)
+            model[reader] = umap.spread(model[reader], 1)
+        # B's h is read by A's target, the plain readout and C (first in its input); B's initial
+        # (h, c) comes from C through c_to_b (or from b_init): their rows follow B's units, so a
+        # copied unit starts every presentation where its original does
+        umap = growth.resize_lstm_cell(model, "type_b", {"target.weight": 0, "readout.weight": 0,
+                                                         "type_c.weight_ih": 0},
+                                       new["b_size"], generator)
+        for key in ("c_to_b.weight", "c_to_b.bias", "b_init"):
+            model[key] = umap.take_blocks(model[key], 2)
+        # C's h is read only by c_to_b (and its own recurrent matrix); its state starts at zero
+        growth.resize_lstm_cell(model, "type_c", {"c_to_b.weight": 0}, new["c_size"], generator)
+        names = [name for name, _ in self.model.named_parameters()]
+        optimizer = dict(state["optimizer"])
+        optimizer["state"] = {i: s for i, s in optimizer["state"].items()
+                              if model[names[i]].shape == state["model"][names[i]].shape}
+        self.load_state_dict({**state, "model": model, "optimizer": optimizer})
 
 
 def recovery_steps(first: torch.Tensor, switch_round: int) -> float:

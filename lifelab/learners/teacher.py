@@ -870,7 +870,8 @@ class Teacher:
             reader = f"body.{k + 1}.weight_ih" if lstm else f"body.{k + 1}.weight"
             reader = reader if k + 1 < layers else "head.weight"
             if lstm:
-                umap = _resize_lstm_layer(model, f"body.{k}", reader, new_width, generator)
+                umap = growth.resize_lstm_cell(model, f"body.{k}", {reader: 0}, new_width,
+                                               generator)
                 if run is not None:
                     for j in (2 * k, 2 * k + 1):      # this layer's (h, c) per student weight
                         run["teacher_state"][j] = umap.take(run["teacher_state"][j], 1)
@@ -880,39 +881,12 @@ class Teacher:
                 umap = growth.resize_map(len(b_in), new_width, importance, generator)
                 model[f"body.{k}.weight"] = umap.take(w_in)
                 model[f"body.{k}.bias"] = umap.take(b_in)
-            model[reader] = umap.spread(model[reader], 1)
+                model[reader] = umap.spread(model[reader], 1)
         names = [name for name, _ in self.teacher.named_parameters()]
         meta_opt = dict(state["meta_opt"])
         meta_opt["state"] = {i: s for i, s in meta_opt["state"].items()
                              if model[names[i]].shape == state["teacher"][names[i]].shape}
         self.load_state_dict({**state, "teacher": model, "meta_opt": meta_opt, "run": run})
-
-
-def _resize_lstm_layer(model: dict, prefix: str, reader: str, new_width: int,
-                       generator: torch.Generator) -> growth.UnitMap:
-    """Resize the hidden units of LSTM cell `prefix` in the state dict `model` (its four gate
-    blocks of rows, and the recurrent matrix's columns); the caller resizes `reader`."""
-    w_ih, w_hh = model[f"{prefix}.weight_ih"], model[f"{prefix}.weight_hh"]
-    b_ih, b_hh = model[f"{prefix}.bias_ih"], model[f"{prefix}.bias_hh"]
-    width = w_hh.shape[1]
-
-    def per_unit(t: torch.Tensor) -> torch.Tensor:      # (4H, ...) -> (H, 4 * ...)
-        return t.reshape(4, width, -1).transpose(0, 1).reshape(width, -1)
-
-    incoming = torch.cat([per_unit(w_ih), per_unit(w_hh), per_unit(b_ih), per_unit(b_hh)], 1)
-    outgoing = torch.cat([model[reader], w_hh], 0)       # everything that reads h
-    umap = growth.resize_map(width, new_width, growth.unit_importance(incoming, outgoing),
-                             generator)
-
-    def gates(t: torch.Tensor) -> torch.Tensor:          # take rows within each gate block
-        return umap.take(t.reshape(4, width, *t.shape[1:]), 1).reshape(4 * umap.width,
-                                                                        *t.shape[1:])
-
-    model[f"{prefix}.weight_ih"] = gates(w_ih)
-    model[f"{prefix}.weight_hh"] = umap.spread(gates(w_hh), 1)
-    model[f"{prefix}.bias_ih"] = gates(b_ih)
-    model[f"{prefix}.bias_hh"] = gates(b_hh)
-    return umap
 
 
 def summarize(results: list[dict], horizons: list[int]) -> dict[str, float]:

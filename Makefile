@@ -15,7 +15,7 @@ demo: $(BIN)/lifelab
 	$(BIN)/lifelab sweep demo --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(BIN)/lifelab
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(BIN)/lifelab
 	$(BIN)/ruff check .

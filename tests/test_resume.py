@@ -1,5 +1,6 @@
 """Kill the driver of a running sweep with SIGKILL, `lifelab resume` it, and check the store."""
 
+import itertools
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from scripts.killpoints import state_refers_to_checkpoints
 
 from lifelab.analysis.status import status_text
 
@@ -36,16 +38,6 @@ def lifelab(*args, program=("-m", "lifelab"), env=None):
                             start_new_session=True)
 
 
-def state_refers_to_checkpoints(sweep: Path) -> bool:
-    """Tune saved its experiment state after every trial had written a checkpoint."""
-    states = list((sweep / "tune").glob("experiment_state-*.json"))
-    trial_dirs = [d for d in (sweep / "tune").glob("LearnerTrainable_*") if d.is_dir()]
-    firsts = [next(iter(d.glob("checkpoint_000002")), None) for d in trial_dirs]
-    if not states or len(trial_dirs) < 2 or None in firsts:
-        return False
-    return states[0].stat().st_mtime > max(c.stat().st_mtime for c in firsts)
-
-
 def exploited(sweep: Path) -> bool:
     """A PBT exploit has happened and been recorded, and Tune's state has caught up."""
     return (any((sweep / "results" / "events").glob("part-*.parquet"))
@@ -63,7 +55,7 @@ def test_sigkilled_sweep_resumes_from_checkpoints_with_one_row_per_key(short_tmp
     spec_file = Path(short_tmp) / "killme.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC))
     sweep = Path(short_tmp) / "sweeps" / "killme"
-    if kill_when is flushing:   # the 30th metrics write: 15 rounds of each trial, checkpoints
+    if kill_when is flushing:   # a metrics write from the 30th on, once Tune's state is saved
         driver = lifelab("sweep", str(spec_file), "--storage", str(sweep.parent),
                          program=(str(HANG_IN_FLUSH),),
                          env={"LIFELAB_TEST_FLUSH_AT": "30",
@@ -93,8 +85,16 @@ def test_sigkilled_sweep_resumes_from_checkpoints_with_one_row_per_key(short_tmp
     assert not list((sweep / "results").glob("*/.tmp-*")), "the end of the sweep removes them"
     assert not metrics.duplicated(["trial_id", "iteration", "name"]).any()
     acc = metrics[metrics.name == "acc_avg"]
+    # No gaps, except where a PBT exploit made a trial continue from a donor checkpoint that was
+    # ahead of it (trials drift apart under load): the event names the iteration it jumped to.
+    events = pd.read_parquet(sweep / "results" / "events")
+    jumps = set(zip(events.trial_id, events.iteration + 1, strict=True))
     for trial_id, rows in acc.groupby("trial_id"):
-        assert sorted(rows.iteration) == list(range(1, ROUNDS + 1)), trial_id   # no gaps
+        iterations = sorted(rows.iteration)
+        assert iterations[0] == 1 and iterations[-1] == ROUNDS, trial_id
+        for previous, following in itertools.pairwise(iterations):
+            assert following == previous + 1 or (trial_id, following) in jumps, \
+                (trial_id, previous, following)
     # the resumed run continued from checkpoints, not from scratch
     first_run, second_run = sorted(metrics.run.unique())
     assert metrics[metrics.run == second_run].iteration.min() > 1
@@ -104,4 +104,6 @@ def test_sigkilled_sweep_resumes_from_checkpoints_with_one_row_per_key(short_tmp
     assert (trials.iterations == ROUNDS).all()
     accuracy = pd.read_parquet(sweep / "results" / "accuracy")
     assert not accuracy.duplicated(["trial_id", "iteration", "eval_task"]).any()
-    assert len(accuracy) == 2 * (1 + 2 + 3)    # the full 3x3 matrix of each trial, once
+    for trial_id, rows in accuracy.groupby("trial_id"):    # each matrix row once, the last whole
+        assert not rows.duplicated(["trained_task", "eval_task"]).any(), trial_id
+        assert sorted(rows[rows.trained_task == 2].eval_task) == [0, 1, 2], trial_id

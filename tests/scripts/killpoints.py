@@ -1,0 +1,15 @@
+"""When it is worth killing a sweep's driver: shared by tests/test_resume.py and the scripts that
+drive a sweep to a kill point."""
+
+from pathlib import Path
+
+
+def state_refers_to_checkpoints(sweep: Path) -> bool:
+    """Tune saved its experiment state after every trial had written a checkpoint, so a resume
+    continues from checkpoints rather than from scratch."""
+    states = list((sweep / "tune").glob("experiment_state-*.json"))
+    trial_dirs = [d for d in (sweep / "tune").glob("LearnerTrainable_*") if d.is_dir()]
+    firsts = [next(iter(d.glob("checkpoint_000002")), None) for d in trial_dirs]
+    if not states or len(trial_dirs) < 2 or None in firsts:
+        return False
+    return states[0].stat().st_mtime > max(c.stat().st_mtime for c in firsts)

@@ -225,7 +225,7 @@ def test_real_pbt_sweep_lineage_matches_what_learners_reported(ray_session, shor
         "name": "lineage", "learner": "finetune",
         "stream": {"tasks": 3, "steps_per_task": 10},
         "config": {"lr": {"loguniform": [1e-4, 1e-1]}, "hidden": [16], "steps_per_round": 10},
-        "search": {"scheduler": "pbt", "samples": 2, "perturbation_interval": 1,
+        "search": {"scheduler": "pbt", "samples": 2, "perturbation_interval": 1, "synch": True,
                    "quantile_fraction": 0.5, "mutations": {"lr": {"loguniform": [1e-4, 1e-1]}}},
         "stop": {"rounds": 3},
     })

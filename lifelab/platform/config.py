@@ -36,6 +36,7 @@ class SearchSettings:
     resample_probability: float = 0.25
     mutations: dict = field(default_factory=dict)
     group_by: str | None = "learner"   # PBT exploits only within a group (e.g. per learner)
+    synch: bool = False                # PBT waits for the whole population at each perturbation
     # asha
     grace_period: int = 1
     reduction_factor: float = 2.0
@@ -162,6 +163,11 @@ def _search(data: dict) -> SearchSettings:
     _number("search.reduction_factor", search.reduction_factor, low=1, strict=True)
     mutations = _mapping("search.mutations", search.mutations)
     scheduler = search.scheduler
+    if not isinstance(search.synch, bool):
+        raise ConfigError(f"search.synch must be true or false, got {search.synch!r}")
+    if search.synch and scheduler not in POPULATION_SCHEDULERS:
+        raise ConfigError("search.synch is only used by schedulers pbt and pb2: remove it or "
+                          "set search.scheduler: pbt")
     if scheduler in POPULATION_SCHEDULERS:
         if not mutations:
             raise ConfigError(f"search.scheduler {scheduler} needs search.mutations: name at "

@@ -57,12 +57,13 @@ def build_scheduler(spec: SweepSpec):
                           perturbation_interval=search.perturbation_interval,
                           hyperparam_mutations=mutations(spec),
                           quantile_fraction=search.quantile_fraction,
-                          resample_probability=search.resample_probability)
+                          resample_probability=search.resample_probability, synch=search.synch)
     if search.scheduler == "pb2":
         bounds = {key: list(value["uniform"]) for key, value in search.mutations.items()}
         return GroupedPB2(group_by=search.group_by, time_attr="training_iteration",
                           perturbation_interval=search.perturbation_interval,
-                          hyperparam_bounds=bounds, quantile_fraction=search.quantile_fraction)
+                          hyperparam_bounds=bounds, quantile_fraction=search.quantile_fraction,
+                          synch=search.synch)
     if search.scheduler == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=spec.stop["rounds"],
                              grace_period=search.grace_period,

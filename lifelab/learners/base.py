@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lifelab.errors import ConfigError
-from lifelab.platform.data import Dataset, load_dataset
+from lifelab.platform.data import Dataset, load_stream_dataset
 from lifelab.platform.metrics import summarize
 from lifelab.platform.streams import STREAM_KINDS, Stream, StreamConfig, build_stream
 
@@ -122,6 +122,24 @@ def checked_params(owner: str, params: dict[str, Param], config: dict) -> dict:
     return {key: p.check(owner, key, config.get(key, p.default)) for key, p in params.items()}
 
 
+def own_config(cls: type, config: dict) -> dict:
+    """The keys of `config` that learner class `cls` has (a sweep over several learners
+    samples every learner's keys into each trial's config)."""
+    return {k: v for k, v in config.items() if k in cls.params or k in COMMON_KEYS}
+
+
+def checked_old_config(learner, old_config: dict) -> dict:
+    """The validated config a checkpoint was made under, for `learner.adapt`; a ConfigError if
+    it differs from the learner's own in an architecture key that adapt cannot change."""
+    old, new = learner.validate_config(own_config(type(learner), old_config)), learner.config
+    for key in learner.architecture_keys:
+        if key not in learner.adaptable_keys and old[key] != new[key]:
+            raise ConfigError(f"{learner.name} cannot adapt a checkpoint across {key} "
+                              f"{old[key]!r} -> {new[key]!r}: remove {key} from search.mutations "
+                              f"(only {', '.join(learner.adaptable_keys)} can be mutated)")
+    return old
+
+
 def checked_seed(config: dict) -> int:
     seed = config.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -164,9 +182,7 @@ class ContinualLearner:
         self.config = self.validate_config(config)
         self.device = torch.device(device)
         stream_config: StreamConfig = self.config["stream"]
-        if data is None:
-            data = load_dataset(stream_config.dataset, stream_config.data_root,
-                                stream_config.download)
+        data = data if data is not None else load_stream_dataset(stream_config)
         self.stream: Stream = build_stream(stream_config, data).to(self.device)
         self.steps_per_task = stream_config.steps_per_task
         with torch.random.fork_rng(devices=[]):   # model init from the seed, global RNG untouched

@@ -83,7 +83,7 @@ from torch.nn import functional as F
 
 from lifelab.errors import ConfigError
 from lifelab.learners import growth
-from lifelab.learners.base import COMMON_KEYS, ContinualLearner, Evaluation, Param
+from lifelab.learners.base import ContinualLearner, Evaluation, Param, checked_old_config
 
 #: standard deviation of freshly drawn task and chunk embeddings
 EMB_STD = 1.0
@@ -530,13 +530,7 @@ class HNet(ContinualLearner):
         `lifelab.learners.growth`): right after it, every task's generated weights are what they
         were. Narrowing keeps the most important units or embedding entries. Optimizer moments of
         resized parameters start afresh; the others are kept."""
-        own = {k: v for k, v in old_config.items() if k in self.params or k in COMMON_KEYS}
-        old = self.validate_config(own)
-        for key in self.architecture_keys:
-            if key not in self.adaptable_keys and old[key] != self.config[key]:
-                raise ConfigError(f"hnet cannot adapt a checkpoint across {key} {old[key]} -> "
-                                  f"{self.config[key]}: remove {key} from search.mutations "
-                                  f"(only {', '.join(self.adaptable_keys)} can be mutated)")
+        old = checked_old_config(self, old_config)
         if len(old["hnet_hidden"]) != len(self.config["hnet_hidden"]):
             raise ConfigError(f"hnet cannot change the number of hypernetwork layers "
                               f"({old['hnet_hidden']} -> {self.config['hnet_hidden']}): give every "

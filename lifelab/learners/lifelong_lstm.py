@@ -91,8 +91,8 @@ from torch.nn import functional as F
 
 from lifelab.errors import ConfigError
 from lifelab.learners import growth
-from lifelab.learners.base import COMMON_KEYS, Param, checked_params, checked_seed
-from lifelab.platform.data import Dataset, load_dataset
+from lifelab.learners.base import Param, checked_old_config, checked_params, checked_seed
+from lifelab.platform.data import Dataset, load_stream_dataset
 from lifelab.platform.episodes import MAX_PRESENTATIONS, EpisodeConfig, Episodes, EpisodeSampler
 
 
@@ -177,8 +177,7 @@ class LifelongLSTM:
         self.config = self.validate_config(config)
         self.device = torch.device(device)
         stream: EpisodeConfig = self.config["stream"]
-        if data is None:
-            data = load_dataset(stream.dataset, stream.data_root, stream.download)
+        data = data if data is not None else load_stream_dataset(stream)
         self.stream = stream
         self.train_sampler = EpisodeSampler(stream, data, "train")
         self.answers = len(stream.classes)
@@ -408,14 +407,7 @@ class LifelongLSTM:
         unit's incoming weights and every reader of that unit splits its column among the copies,
         so right after it the learner plays every episode as before (up to float rounding).
         Narrowing keeps the most important units. Adam moments of resized tensors start afresh."""
-        own = {k: v for k, v in old_config.items() if k in self.params or k in COMMON_KEYS}
-        old, new = self.validate_config(own), self.config
-        for key in self.architecture_keys:
-            if key not in self.adaptable_keys and old[key] != new[key]:
-                raise ConfigError(f"lifelong_lstm cannot adapt a checkpoint across {key} "
-                                  f"{old[key]!r} -> {new[key]!r}: remove {key} from "
-                                  f"search.mutations (only {', '.join(self.adaptable_keys)} "
-                                  "can be mutated)")
+        old, new = checked_old_config(self, old_config), self.config
         if len(old["hidden"]) != len(new["hidden"]):
             raise ConfigError(f"lifelong_lstm cannot change the number of trunk layers "
                               f"({old['hidden']} -> {new['hidden']}): give every hidden in a "

@@ -121,8 +121,14 @@ from torch.nn import functional as F
 
 from lifelab.errors import ConfigError
 from lifelab.learners import growth
-from lifelab.learners.base import COMMON_KEYS, Evaluation, Param, checked_params, checked_seed
-from lifelab.platform.data import DATASETS, Dataset, load_dataset
+from lifelab.learners.base import (
+    Evaluation,
+    Param,
+    checked_old_config,
+    checked_params,
+    checked_seed,
+)
+from lifelab.platform.data import DATASETS, Dataset, load_dataset, load_stream_dataset
 from lifelab.platform.streams import StreamConfig
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
@@ -513,8 +519,7 @@ class Teacher:
         self.config = self.validate_config(config)
         self.device = torch.device(device)
         stream: StreamConfig = self.config["stream"]
-        if data is None:
-            data = load_dataset(stream.dataset, stream.data_root, stream.download)
+        data = data if data is not None else load_stream_dataset(stream)
         self.data = _to_device(data, self.device)
         eval_name = self.config["eval_dataset"] or data.name
         self.eval_data = self.data if eval_name == data.name else _to_device(
@@ -850,13 +855,7 @@ class Teacher:
         LSTM unit copies a unit's gate rows and recurrent state, and every reader of h, the
         recurrent matrix included, splits that unit's column among its copies); narrowing keeps
         the most important units. The meta-optimizer's moments of resized tensors start afresh."""
-        own = {k: v for k, v in old_config.items() if k in self.params or k in COMMON_KEYS}
-        old = self.validate_config(own)
-        for key in self.architecture_keys:
-            if key not in self.adaptable_keys and old[key] != self.config[key]:
-                raise ConfigError(f"teacher cannot adapt a checkpoint across {key} {old[key]!r} "
-                                  f"-> {self.config[key]!r}: remove {key} from search.mutations "
-                                  "(only teacher_hidden can be mutated)")
+        old = checked_old_config(self, old_config)
         if len(old["teacher_hidden"]) != len(self.config["teacher_hidden"]):
             raise ConfigError(f"teacher cannot change the number of teacher layers "
                               f"({old['teacher_hidden']} -> {self.config['teacher_hidden']}): "

@@ -71,6 +71,11 @@ def load_dataset(name: str, data_root: str | None = None, download: bool = False
     return _load_torchvision(name, root, download)
 
 
+def load_stream_dataset(stream) -> Dataset:
+    """The dataset a stream config (a task stream or an episode stream) names."""
+    return load_dataset(stream.dataset, stream.data_root, stream.download)
+
+
 # Cached: tests and trials in one process read it many times, and it never changes.
 # Callers must not modify the returned tensors in place.
 @functools.lru_cache(maxsize=1)

@@ -231,16 +231,23 @@ def ideal_curve(groups: tuple[tuple[int, ...], ...], tries: int,
     dynamic program over explicit sets and against a simulation of the real sampler. Groups of
     up to 4 labels take milliseconds; one group of all 10 digits takes about 30 s.
     """
+    acc, mean_tries = _over_groups(groups, presentations,
+                                   lambda n: _group_curve(n, tries, presentations))
+    chance = len(groups) / sum(len(g) for g in groups)    # sum over groups of n * (1 / n)
+    return {"acc": acc, "tries": mean_tries, "chance": chance}
+
+
+def _over_groups(groups, presentations: int, curves_of_size) -> tuple[list[float], list[float]]:
+    """Per-presentation (accuracy, tries) over all classes: each group's curves, which depend
+    only on its size, weighted by its share of the classes."""
     total = sum(len(g) for g in groups)
-    acc = [0.0] * presentations
-    mean_tries = [0.0] * presentations
+    acc, tries = [0.0] * presentations, [0.0] * presentations
     for group in groups:
-        g_acc, g_tries = _group_curve(len(group), tries, presentations)
+        g_acc, g_tries = curves_of_size(len(group))
         for k in range(presentations):
             acc[k] += g_acc[k] / total
-            mean_tries[k] += g_tries[k] / total
-    chance = sum(1.0 for _ in groups) / total      # sum over groups of n * (1 / n)
-    return {"acc": acc, "tries": mean_tries, "chance": chance}
+            tries[k] += g_tries[k] / total
+    return acc, tries
 
 
 @functools.lru_cache(maxsize=64)
@@ -333,14 +340,7 @@ def bayes_curve(groups: tuple[tuple[int, ...], ...], tries: int,
     if max(len(g) for g in groups) > MAX_BAYES_GROUP:
         raise ValueError(f"bayes_curve enumerates assignments: groups of at most "
                          f"{MAX_BAYES_GROUP} labels")
-    total = sum(len(g) for g in groups)
-    acc = [0.0] * presentations
-    used = [0.0] * presentations
-    for group in groups:
-        g_acc, g_used = _bayes_group(len(group), tries, presentations)
-        for k in range(presentations):
-            acc[k] += g_acc[k] / total
-            used[k] += g_used[k] / total
+    acc, used = _over_groups(groups, presentations, lambda n: _bayes_group(n, tries, presentations))
     return {"acc": acc, "tries": used}
 
 

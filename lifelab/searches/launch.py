@@ -14,7 +14,7 @@ import yaml
 from lifelab.errors import StorageError
 from lifelab.platform.cluster import connect, gpus_per_trial
 from lifelab.platform.config import SweepSpec, parse_spec
-from lifelab.platform.data import Dataset, load_dataset
+from lifelab.platform.data import Dataset, load_stream_dataset
 from lifelab.platform.store import SPEC_FILE, join, read_spec, resolve
 from lifelab.platform.streams import StreamConfig
 from lifelab.searches.progress import DEFAULT_INTERVAL_S, ProgressCallback
@@ -91,7 +91,7 @@ def read_sweep_spec(sweep_uri: str) -> SweepSpec:
 
 def _dataset(spec: SweepSpec) -> Dataset:
     stream = StreamConfig.from_dict(spec.stream)
-    return load_dataset(stream.dataset, stream.data_root, stream.download)
+    return load_stream_dataset(stream)
 
 
 def _trainable(spec: SweepSpec, data: Dataset):

@@ -21,7 +21,7 @@ import torch
 from ray import tune
 
 from lifelab.errors import ConfigError
-from lifelab.learners.base import COMMON_KEYS
+from lifelab.learners.base import own_config
 from lifelab.platform.data import Dataset
 from lifelab.trainables.registry import learner_class
 
@@ -37,8 +37,7 @@ def trial_seed(config: dict, trial_id: str) -> int:
 def learner_config(cls: type, config: dict, trial_id: str) -> dict:
     """The keys of the trial config that this learner has (a sweep over several learners
     samples every learner's keys), with the trial's own seed."""
-    own = {k: v for k, v in config.items() if k in cls.params or k in COMMON_KEYS}
-    return {**own, "seed": trial_seed(config, trial_id)}
+    return {**own_config(cls, config), "seed": trial_seed(config, trial_id)}
 
 
 class LearnerTrainable(tune.Trainable):

@@ -83,6 +83,18 @@ def _finish(sweep_uri: str, results) -> int:
     return 1 if errors else 0
 
 
+def _seconds(text: str) -> float:
+    """A finite number of seconds >= 0; anything else is a one-line usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be seconds >= 0 (0: Tune's own output), "
+                                         f"got {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         """Usage mistakes too get one line and exit code 2."""
@@ -101,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="Ray cluster address, e.g. auto (default: $RAY_ADDRESS "
                        "or an embedded local Ray)")
     sweep.add_argument("--samples", type=int, help="override search.samples")
-    sweep.add_argument("--progress", type=float, default=10.0, metavar="SECONDS",
+    sweep.add_argument("--progress", type=_seconds, default=10.0, metavar="SECONDS",
                        help="seconds between progress tables: each trial's metric and the "
                        "parameters PBT mutates (0: Tune's own output instead; default 10)")
     sweep.set_defaults(command=cmd_sweep)

@@ -221,7 +221,9 @@ def test_console_entry_in_a_subprocess(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("argv", [["sweep", "demo", "--samples", "abc"], [], ["frobnicate"]])
+@pytest.mark.parametrize("argv", [["sweep", "demo", "--samples", "abc"], [], ["frobnicate"],
+                                  ["sweep", "demo", "--progress", "-5"],
+                                  ["sweep", "demo", "--progress", "nan"]])
 def test_usage_mistakes_are_one_line_with_exit_2(capsys, argv):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
@@ -229,3 +231,5 @@ def test_usage_mistakes_are_one_line_with_exit_2(capsys, argv):
     assert exit_.value.code == 2
     assert len(err.splitlines()) == 1 and err.startswith("lifelab: error: ")
     assert "--help" in err
+    if "--progress" in argv:
+        assert "must be seconds >= 0" in err

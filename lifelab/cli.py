@@ -26,7 +26,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from lifelab.searches.launch import run_sweep
 
     sweep_uri, results = run_sweep(spec, storage=args.storage, address=args.address,
-                                   progress_s=args.progress)
+                                   progress_s=args.progress, verbose=args.verbose)
     return _finish(sweep_uri, results)
 
 
@@ -64,12 +64,38 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from lifelab.searches.spec import preset_names
-    from lifelab.trainables.registry import learner_names
+    from lifelab.trainables.registry import describe, learner_class, learner_names
 
-    print("learners:", ", ".join(learner_names()))
+    if args.learner:
+        print(learner_text(learner_class(args.learner)))
+        return 0
+    from lifelab.searches.spec import preset_names
+
+    names = learner_names()
+    width = max(map(len, names))
+    print("learners:")
+    for name in names:
+        print(f"  {name:<{width}}  {describe(learner_class(name))}")
     print("presets: ", ", ".join(preset_names()))
+    print("`lifelab list LEARNER` shows a learner's config keys and metrics")
     return 0
+
+
+def learner_text(cls: type) -> str:
+    """A learner's description, config keys (from its Params) and metrics."""
+    from lifelab.trainables.registry import describe
+
+    rows = [("key", "default", "type", "allowed", "doc")]
+    rows += [(key, repr(p.default), p.kind.__name__, p.describe(), p.doc)
+             for key, p in cls.params.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"{cls.name}: {describe(cls)}", ""]
+    lines += ["  " + "  ".join(f"{c:<{w}}" for c, w in zip(r[:4], widths, strict=True)) + "  "
+              + r[4] for r in rows]
+    lines += ["", "  metrics: " + ", ".join(cls.metrics)]
+    if cls.adaptable_keys:
+        lines.append("  PBT may mutate these architecture keys: " + ", ".join(cls.adaptable_keys))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _finish(sweep_uri: str, results) -> int:
@@ -90,7 +116,7 @@ def _seconds(text: str) -> float:
     except ValueError:
         value = -1.0
     if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be seconds >= 0 (0: Tune's own output), "
+        raise argparse.ArgumentTypeError(f"must be seconds >= 0 (0: no progress table), "
                                          f"got {text!r}")
     return value
 
@@ -115,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--samples", type=int, help="override search.samples")
     sweep.add_argument("--progress", type=_seconds, default=10.0, metavar="SECONDS",
                        help="seconds between progress tables: each trial's metric and the "
-                       "parameters PBT mutates (0: Tune's own output instead; default 10)")
+                       "parameters PBT mutates (0: none; default 10)")
+    sweep.add_argument("--verbose", action="store_true", help="also show Ray Tune's output")
     sweep.set_defaults(command=cmd_sweep)
 
     resume = sub.add_parser("resume", help="continue an interrupted sweep")
@@ -141,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("sweep_dir")
     status.set_defaults(command=cmd_status)
 
-    listing = sub.add_parser("list", help="learners and presets")
+    listing = sub.add_parser("list", help="learners and presets, or one learner's config keys")
+    listing.add_argument("learner", nargs="?", help="a learner name or 'module:Class'")
     listing.set_defaults(command=cmd_list)
     return parser

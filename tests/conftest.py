@@ -17,6 +17,18 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.pop("RAY_ADDRESS", None)
 
 
+# Modules whose every test starts Ray (in this process or in a `lifelab` subprocess).
+RAY_MODULES = {"test_sweep", "test_resume", "test_multinode", "test_s3", "test_cluster",
+               "test_hnet_pbt", "test_byo_learner_sweeps"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark what starts Ray `ray`, so `make test-fast` (-m "not ray") runs everything else."""
+    for item in items:
+        if "ray_session" in item.fixturenames or item.module.__name__ in RAY_MODULES:
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture
 def short_tmp():
     """A temp dir under /tmp short enough for Ray's 107-byte Unix socket paths."""

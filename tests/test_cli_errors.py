@@ -198,14 +198,28 @@ def test_a_multi_line_message_is_printed_on_one_line(capsys, monkeypatch):
                     "fix it")
 
 
-def test_list_shows_learners_and_presets(capsys):
+def test_list_shows_learners_with_descriptions_and_presets(capsys):
     assert main(["list"]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    learners = next(line for line in out.splitlines() if line.startswith("learners:"))
-    presets = next(line for line in out.splitlines() if line.startswith("presets:"))
-    assert {"finetune", "joint"} <= {name.strip() for name in learners.split(":")[1].split(",")}
+    lines = out.splitlines()
+    learners = dict(line.strip().split(None, 1) for line in
+                    lines[lines.index("learners:") + 1:] if line.startswith("  "))
+    assert learners["finetune"].startswith("Plain sequential training")
+    assert all(learners.values())                     # every learner describes itself
+    presets = next(line for line in lines if line.startswith("presets:"))
     assert "demo" in {name.strip() for name in presets.split(":")[1].split(",")}
+
+
+def test_list_of_one_learner_shows_its_params_and_metrics(capsys):
+    from lifelab.learners.regularized import EWC
+
+    assert main(["list", "ewc"]) == 0
+    out = capsys.readouterr().out
+    for key, param in EWC.params.items():
+        row = next(line for line in out.splitlines() if line.split()[:1] == [key])
+        assert repr(param.default) in row and param.doc in row
+    assert "metrics: " + ", ".join(EWC.metrics) in out
 
 
 def test_console_entry_in_a_subprocess(tmp_path):

@@ -53,7 +53,9 @@ def test_cluster_file_keeps_secure_defaults(path):
     assert workers and all(n["min_workers"] == 0 for n in workers)   # GPUs scale from zero
     # every node installs this checkout, whose pyproject pins Ray
     assert "~/lifelab" in config["file_mounts"]
-    assert any("pip install" in c and "~/lifelab" in c for c in config["setup_commands"])
+    # every node installs the locked versions the test suite passed with
+    assert any("pip install" in c and "-r ~/lifelab/requirements.lock" in c and "-e ~/lifelab" in c
+               for c in config["setup_commands"])
     assert '"ray[tune]==' in (ROOT / "pyproject.toml").read_text()
 
 

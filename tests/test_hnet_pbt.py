@@ -44,7 +44,7 @@ def test_trainable_adapts_a_checkpoint_whose_hypernetwork_is_narrower(ray_sessio
     result = wider.train()
     assert result["tasks_seen"] == 2 and result["acc_avg"] > 0.1
     deeper = LearnerTrainable(config={**config, "hnet_hidden": [8, 8, 8]})
-    with pytest.raises(ConfigError, match="number of hypernetwork layers"):
+    with pytest.raises(ConfigError, match="number of layers"):
         deeper.load_checkpoint(str(tmp_path))
 
 

@@ -385,7 +385,7 @@ def test_narrowing_keeps_units_and_trains_and_unadaptable_keys_are_config_errors
     assert small.model.type_c.weight_ih.shape == (4 * 6, 5 + 2 + 2 * 5 + 1)
     metrics = small.step_round()
     assert 0 <= metrics["acc_first_try"] <= 1 and metrics["train_loss"] > 0
-    for old, key in (({"feature_size": 4}, "feature_size"), ({"hidden": [16, 16]}, "trunk layers")):
+    for old, key in (({"feature_size": 4}, "feature_size"), ({"hidden": [16, 16]}, "number of layers")):
         with pytest.raises(ConfigError, match=key) as err:
             LifelongLSTM(TINY, data=mnist).adapt(LifelongLSTM({**TINY, **old}, data=mnist)
                                                  .state_dict(), {**TINY, **old})

@@ -127,13 +127,17 @@ def _trial_summary(tables, reference, baseline, lineage, by_sweep) -> pd.DataFra
     return out
 
 
-def group_summary(tables: SweepTables, by_sweep: bool = False, **kwargs) -> pd.DataFrame:
+def group_summary(tables: SweepTables, by_sweep: bool = False,
+                  reference: str | Sequence | Mapping | None = "joint",
+                  baseline: Sequence | Mapping | None = None,
+                  lineage: bool = True) -> pd.DataFrame:
     """Mean and standard error of the mean (SEM, ddof=1; NaN for one trial) of each summary
     metric over the trials of each group, best group first by mean score.
 
     Columns: group, learner, sweeps, n, then <m>_mean and <m>_sem for m in SUMMARY_METRICS.
     """
-    summary = trial_summary(tables, by_sweep=by_sweep, **kwargs)
+    summary = trial_summary(tables, reference=reference, baseline=baseline, lineage=lineage,
+                            by_sweep=by_sweep)
     columns = ["group", "learner", "sweeps", "n", *(f"{m}_{s}" for m in SUMMARY_METRICS
                                                     for s in ("mean", "sem"))]
     if summary.empty:
@@ -151,10 +155,13 @@ def group_summary(tables: SweepTables, by_sweep: bool = False, **kwargs) -> pd.D
                            kind="stable").reset_index(drop=True)
 
 
-def leaderboard(tables: SweepTables, **kwargs) -> pd.DataFrame:
+def leaderboard(tables: SweepTables, reference: str | Sequence | Mapping | None = "joint",
+                baseline: Sequence | Mapping | None = None, lineage: bool = True,
+                by_sweep: bool = False) -> pd.DataFrame:
     """Every trial's summary, best first by the sweep's metric (per sweep, in load order), with
     a `rank` per sweep and only the `config.*` columns that vary."""
-    summary = trial_summary(tables, **kwargs)
+    summary = trial_summary(tables, reference=reference, baseline=baseline, lineage=lineage,
+                            by_sweep=by_sweep)
     if summary.empty:
         return summary.assign(rank=pd.Series(dtype=int))
     parts = []

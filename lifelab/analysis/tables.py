@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -124,25 +124,39 @@ class SweepTables:
         from lifelab.analysis.lineage import accuracy_matrix
         return accuracy_matrix(self, trial_id, sweep=sweep, lineage=lineage)
 
-    def summary(self, **kwargs) -> pd.DataFrame:
+    def summary(self, reference: str | Sequence | Mapping | None = "joint",
+                baseline: Sequence | Mapping | None = None, lineage: bool = True,
+                by_sweep: bool = False) -> pd.DataFrame:
+        """One row per trial: its continual-learning summary (`summaries.trial_summary`)."""
         from lifelab.analysis.summaries import trial_summary
-        return trial_summary(self, **kwargs)
+        return trial_summary(self, reference=reference, baseline=baseline, lineage=lineage,
+                             by_sweep=by_sweep)
 
-    def groups(self, **kwargs) -> pd.DataFrame:
+    def groups(self, reference: str | Sequence | Mapping | None = "joint",
+               baseline: Sequence | Mapping | None = None, lineage: bool = True,
+               by_sweep: bool = False) -> pd.DataFrame:
+        """Mean and SEM of each summary metric per group of trials (`summaries.group_summary`)."""
         from lifelab.analysis.summaries import group_summary
-        return group_summary(self, **kwargs)
+        return group_summary(self, reference=reference, baseline=baseline, lineage=lineage,
+                             by_sweep=by_sweep)
 
-    def leaderboard(self, **kwargs) -> pd.DataFrame:
+    def leaderboard(self, reference: str | Sequence | Mapping | None = "joint",
+                    baseline: Sequence | Mapping | None = None, lineage: bool = True,
+                    by_sweep: bool = False) -> pd.DataFrame:
+        """Every trial's summary, best first by the sweep's metric (`summaries.leaderboard`)."""
         from lifelab.analysis.summaries import leaderboard as board
-        return board(self, **kwargs)
+        return board(self, reference=reference, baseline=baseline, lineage=lineage,
+                     by_sweep=by_sweep)
 
     def ancestry(self, trial_id: str, sweep: str | None = None) -> pd.DataFrame:
         from lifelab.analysis.lineage import ancestry
         return ancestry(self, trial_id, sweep=sweep)
 
-    def schedules(self, **kwargs) -> pd.DataFrame:
+    def schedules(self, inherited: bool = False, keys: list[str] | None = None
+                  ) -> pd.DataFrame:
+        """Each trial's hyperparameters at every iteration it reported (`lineage.schedules`)."""
         from lifelab.analysis.lineage import schedules
-        return schedules(self, **kwargs)
+        return schedules(self, inherited=inherited, keys=keys)
 
     def family_tree(self) -> pd.DataFrame:
         from lifelab.analysis.lineage import family_tree

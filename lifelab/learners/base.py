@@ -1,6 +1,5 @@
-"""The Learner protocol and the shared continual-learning loop.
+"""The shared continual-learning loop, on the Learner contract (`lifelab.learners.contract`).
 
-A learner is built from a plain config dict and a device and is driven in rounds (DESIGN.md).
 `ContinualLearner` implements the loop every continual learner shares: train the current task for
 `stream.steps_per_task` optimizer steps, evaluate on every task seen so far, append that row to
 the accuracy matrix, move on. A round is `steps_per_round` steps (0: one whole task), cut at task
@@ -25,129 +24,28 @@ Metrics of every continual learner (fractions in [0, 1]):
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lifelab.errors import ConfigError
+from lifelab.learners.contract import (  # noqa: F401  (re-exported: learners import them here)
+    COMMON_KEYS,
+    Evaluation,
+    Learner,
+    Param,
+    checked_old_config,
+    checked_params,
+    checked_seed,
+    override_hyperparameters,
+    own_config,
+)
 from lifelab.platform.data import Dataset, load_stream_dataset
 from lifelab.platform.metrics import summarize
-from lifelab.platform.streams import STREAM_KINDS, Stream, StreamConfig, build_stream
-
-#: keys every learner config may hold besides its own parameters
-COMMON_KEYS = ("stream", "seed")
+from lifelab.platform.streams import Stream, StreamConfig, build_stream
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Accuracy on each task seen so far (index = task), after `tasks_trained` finished tasks.
-
-    `views` holds the same row under the task- and class-incremental views ("til", "cil")
-    where the scenario defines both (see `ContinualLearner.view_units`)."""
-    accuracies: list[float]
-    tasks_trained: int
-    views: dict[str, list[float]] = field(default_factory=dict)
-
-    @property
-    def average(self) -> float:
-        return sum(self.accuracies) / len(self.accuracies)
-
-
-@runtime_checkable
-class Learner(Protocol):
-    """The one contract between lifelab and a learner (DESIGN.md)."""
-
-    def step_round(self) -> dict[str, float]: ...
-
-    @property
-    def done(self) -> bool: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-    def evaluate(self) -> Evaluation: ...
-
-
-@dataclass(frozen=True)
-class Param:
-    """One config key of a learner: its default, type and allowed range."""
-    default: Any
-    kind: type                      # int, float, str, bool or list (a list of positive ints)
-    low: float | None = None        # inclusive lower bound for numbers
-    high: float | None = None       # inclusive upper bound for numbers
-    positive: bool = False          # strictly greater than zero
-    choices: tuple | None = None
-    doc: str = ""
-
-    def check(self, owner: str, key: str, value: Any) -> Any:
-        where = f"{owner} config '{key}'"
-        if self.kind is list:
-            if (not isinstance(value, (list, tuple)) or not value
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                               for v in value)):
-                raise ConfigError(f"{where} must be a non-empty list of positive integers "
-                                  f"(layer sizes), got {value!r}")
-            return list(value)
-        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, self.kind) or (self.kind is not bool and isinstance(value, bool)):
-            raise ConfigError(f"{where} must be {self.kind.__name__}, got {value!r}")
-        if self.choices is not None and value not in self.choices:
-            raise ConfigError(f"{where} {value!r} is unknown: use one of "
-                              f"{', '.join(map(str, self.choices))}")
-        if self.kind in (int, float):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{where} must be finite, got {value!r}")
-            if self.positive and value <= 0:
-                raise ConfigError(f"{where} must be > 0, got {value!r}")
-            if self.low is not None and value < self.low:
-                raise ConfigError(f"{where} must be >= {self.low}, got {value!r}")
-            if self.high is not None and value > self.high:
-                raise ConfigError(f"{where} must be <= {self.high}, got {value!r}")
-        return value
-
-
-def checked_params(owner: str, params: dict[str, Param], config: dict) -> dict:
-    """Every key of `params`, checked, defaults filled in; a key that is neither one of them
-    nor common (COMMON_KEYS) is a ConfigError naming the valid ones."""
-    for key in config:
-        if key not in params and key not in COMMON_KEYS:
-            raise ConfigError(f"'{key}' is not a config key of learner '{owner}': "
-                              f"use one of {', '.join(sorted(params))}")
-    return {key: p.check(owner, key, config.get(key, p.default)) for key, p in params.items()}
-
-
-def own_config(cls: type, config: dict) -> dict:
-    """The keys of `config` that learner class `cls` has (a sweep over several learners
-    samples every learner's keys into each trial's config)."""
-    return {k: v for k, v in config.items() if k in cls.params or k in COMMON_KEYS}
-
-
-def checked_old_config(learner, old_config: dict) -> dict:
-    """The validated config a checkpoint was made under, for `learner.adapt`; a ConfigError if
-    it differs from the learner's own in an architecture key that adapt cannot change."""
-    old, new = learner.validate_config(own_config(type(learner), old_config)), learner.config
-    for key in learner.architecture_keys:
-        if key not in learner.adaptable_keys and old[key] != new[key]:
-            raise ConfigError(f"{learner.name} cannot adapt a checkpoint across {key} "
-                              f"{old[key]!r} -> {new[key]!r}: remove {key} from search.mutations "
-                              f"(only {', '.join(learner.adaptable_keys)} can be mutated)")
-    return old
-
-
-def checked_seed(config: dict) -> int:
-    seed = config.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
-    return seed
-
-
-class ContinualLearner:
+class ContinualLearner(Learner):
     """The shared continual-learning loop over an MLP with one output unit per stream class."""
 
     name = "continual"
@@ -165,22 +63,9 @@ class ContinualLearner:
     #: keys whose change alters parameter shapes (an `adapt` is needed to load across them)
     architecture_keys: tuple[str, ...] = ("hidden",)
 
-    @classmethod
-    def validate_config(cls, config: dict) -> dict:
-        """The config with defaults filled in; raises ConfigError naming a bad key."""
-        full = checked_params(cls.name, cls.params, config)
-        full["stream"] = StreamConfig.from_dict(config.get("stream") or {})
-        if not isinstance(full["stream"], StreamConfig):       # e.g. episodes (trial_and_error)
-            raise ConfigError(f"learner '{cls.name}' learns from a task stream, not "
-                              f"stream.kind {full['stream'].kind}: use one of "
-                              f"{', '.join(STREAM_KINDS)}")
-        full["seed"] = checked_seed(config)
-        return full
-
     def __init__(self, config: dict, device: str | torch.device = "cpu",
                  data: Dataset | None = None):
-        self.config = self.validate_config(config)
-        self.device = torch.device(device)
+        super().__init__(config, device, data)
         stream_config: StreamConfig = self.config["stream"]
         data = data if data is not None else load_stream_dataset(stream_config)
         self.stream: Stream = build_stream(stream_config, data).to(self.device)
@@ -192,7 +77,6 @@ class ContinualLearner:
         self.optimizer = self.build_optimizer()
         self.task = 0                      # the task being trained
         self.step_in_task = 0
-        self.rows: list[list[float]] = []  # the accuracy matrix, one row per finished task
         self.view_rows: dict[str, list[list[float]]] = {}  # the same under "til" / "cil"
 
     # -- building blocks subclasses may override -----------------------------------------------
@@ -354,11 +238,8 @@ class ContinualLearner:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        # the loaded optimizer state carries the old learning rate; this config's wins (PBT)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config["lr"]
-            if "momentum" in group:
-                group["momentum"] = self.config["momentum"]
+        override_hyperparameters(self.optimizer, lr=self.config["lr"],
+                                 momentum=self.config["momentum"])
         self.generator.set_state(state["generator"])
         self.task = state["task"]
         self.step_in_task = state["step_in_task"]

@@ -14,10 +14,14 @@ from lifelab.learners.base import ContinualLearner
 
 
 class Finetune(ContinualLearner):
+    """Plain sequential training: the forgetting floor every method is compared against."""
+
     name = "finetune"
 
 
 class Joint(ContinualLearner):
+    """Trains on every task seen so far at once: the upper bound of a stream."""
+
     name = "joint"
 
     def training_batches(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:

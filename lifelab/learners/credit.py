@@ -304,6 +304,8 @@ class CreditLearner(ContinualLearner):
 
 
 class Backprop(CreditLearner):
+    """Backpropagation on the credit-assignment MLP: the reference rule."""
+
     name = "backprop"
 
 
@@ -324,6 +326,8 @@ class _FeedbackLinear(torch.autograd.Function):
 
 
 class FeedbackAlignment(CreditLearner):
+    """Feedback alignment (Lillicrap et al. 2016): errors sent back through fixed random weights."""
+
     name = "feedback_alignment"
 
     def add_rule_tensors(self, net: CreditNet) -> None:
@@ -375,6 +379,8 @@ class _DirectFeedback(torch.autograd.Function):
 
 
 class DFA(CreditLearner):
+    """Direct feedback alignment (Nokland 2016): the output error straight to every layer."""
+
     name = "dfa"
 
     def add_rule_tensors(self, net: CreditNet) -> None:
@@ -428,6 +434,8 @@ class _SyntheticGradient(torch.autograd.Function):
 
 
 class SyntheticGradients(CreditLearner):
+    """Decoupled layers trained on predicted gradients (Jaderberg et al. 2017)."""
+
     name = "synthetic_gradients"
     params = {**CreditLearner.params,
               "sg_condition": Param(True, bool,
@@ -479,6 +487,8 @@ class SyntheticGradients(CreditLearner):
 # -- forward-forward --------------------------------------------------------------------------
 
 class ForwardForward(CreditLearner):
+    """Forward-forward (Hinton 2022): layer-local goodness of positive vs negative data."""
+
     name = "forward_forward"
     params = {**CreditLearner.params,
               "ff_threshold": Param(2.0, float, positive=True,
@@ -595,6 +605,8 @@ class _GoodnessNet(CreditNet):
 # -- difference target propagation -------------------------------------------------------------
 
 class TargetProp(CreditLearner):
+    """Difference target propagation (Lee et al. 2015): learned inverses carry layer targets."""
+
     name = "target_prop"
     params = {**CreditLearner.params,
               "dtp_step": Param(0.5, float, positive=True,

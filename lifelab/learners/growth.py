@@ -230,6 +230,17 @@ def resize_input_values(values: torch.Tensor, keep: torch.Tensor, fill: torch.Te
     return torch.where(mask, picked, out)
 
 
+def kept_optimizer_state(module: nn.Module, optimizer_state: dict,
+                         old_model: dict[str, torch.Tensor],
+                         new_model: dict[str, torch.Tensor]) -> dict:
+    """An optimizer state dict for `module`'s parameters after resizing: the moments of every
+    parameter whose shape is unchanged are kept, those of resized ones start afresh."""
+    names = [name for name, _ in module.named_parameters()]
+    return {**optimizer_state,
+            "state": {i: s for i, s in optimizer_state["state"].items()
+                      if new_model[names[i]].shape == old_model[names[i]].shape}}
+
+
 # -- deepening and norm-preserving widening -------------------------------------------------------
 #
 # Deepening (Net2DeeperNet, Chen et al. 2016): a new layer with identity weights and zero bias goes

@@ -84,6 +84,7 @@ from torch.nn import functional as F
 from lifelab.errors import ConfigError
 from lifelab.learners import growth
 from lifelab.learners.base import ContinualLearner, Evaluation, Param, checked_old_config
+from lifelab.learners.contract import same_layer_count
 
 #: standard deviation of freshly drawn task and chunk embeddings
 EMB_STD = 1.0
@@ -274,7 +275,7 @@ _BASE_PARAMS = {k: v for k, v in ContinualLearner.params.items() if k != "hidden
 
 
 class HNet(ContinualLearner):
-    """The hypernetwork continual learner (see the module docstring)."""
+    """A chunked hypernetwork that generates each task's weights (von Oswald et al. 2020)."""
 
     name = "hnet"
     params: dict[str, Param] = {
@@ -299,6 +300,12 @@ class HNet(ContinualLearner):
                          "chunk_emb_dim")
     #: architecture keys `adapt` can change (the others spread only with exploitation)
     adaptable_keys = ("hnet_hidden", "task_emb_dim", "chunk_emb_dim")
+
+    @classmethod
+    def check_mutation(cls, key: str, values: list) -> None:
+        super().check_mutation(key, values)
+        if key == "hnet_hidden":
+            same_layer_count(cls, key, values)
 
     @classmethod
     def validate_config(cls, config: dict) -> dict:
@@ -531,13 +538,10 @@ class HNet(ContinualLearner):
         were. Narrowing keeps the most important units or embedding entries. Optimizer moments of
         resized parameters start afresh; the others are kept."""
         old = checked_old_config(self, old_config)
-        if len(old["hnet_hidden"]) != len(self.config["hnet_hidden"]):
-            raise ConfigError(f"hnet cannot change the number of hypernetwork layers "
-                              f"({old['hnet_hidden']} -> {self.config['hnet_hidden']}): give every "
-                              "hnet_hidden in a mutation ladder the same length")
+        same_layer_count(type(self), "hnet_hidden",
+                         [old["hnet_hidden"], self.config["hnet_hidden"]])
         model, extra = dict(state["model"]), dict(state["extra"])
         generator = torch.Generator().manual_seed(self.config["seed"])
-        names = [name for name, _ in self.model.named_parameters()]
 
         # inputs of layer 0: [task embedding | chunk embedding] blocks
         w0 = model["layers.0.weight"]
@@ -577,8 +581,6 @@ class HNet(ContinualLearner):
         extra["snap_gram"] = with_bias.take(with_bias.take(extra["snap_gram"], 0), 1)
         extra["snap_out"] = with_bias.spread(extra["snap_out"], 1)
 
-        # optimizer moments: kept where the shape is unchanged
-        optimizer = dict(state["optimizer"])
-        optimizer["state"] = {i: s for i, s in optimizer["state"].items()
-                              if model[names[i]].shape == state["model"][names[i]].shape}
+        optimizer = growth.kept_optimizer_state(self.model, state["optimizer"], state["model"],
+                                                model)
         self.load_state_dict({**state, "model": model, "extra": extra, "optimizer": optimizer})

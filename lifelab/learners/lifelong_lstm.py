@@ -1,4 +1,4 @@
-"""A recurrent learner that keeps learning at inference time (issue 8; LearnsItAll's Types A-C).
+"""A recurrent learner that keeps learning at inference time (LearnsItAll's Types A-C).
 
 The task is the ``trial_and_error`` stream (lifelab.platform.episodes): in each episode the answer
 of every digit is shuffled within its group, so the mapping must be learned inside the episode
@@ -91,7 +91,13 @@ from torch.nn import functional as F
 
 from lifelab.errors import ConfigError
 from lifelab.learners import growth
-from lifelab.learners.base import Param, checked_old_config, checked_params, checked_seed
+from lifelab.learners.contract import (
+    Learner,
+    Param,
+    checked_old_config,
+    override_hyperparameters,
+    same_layer_count,
+)
 from lifelab.platform.data import Dataset, load_stream_dataset
 from lifelab.platform.episodes import MAX_PRESENTATIONS, EpisodeConfig, Episodes, EpisodeSampler
 
@@ -126,8 +132,8 @@ class TypesABC(nn.Module):
         self.log_inner_gain = nn.Parameter(torch.zeros(()))
 
 
-class LifelongLSTM:
-    """Meta-trains Types A-C on trial-and-error episodes; see the module docstring."""
+class LifelongLSTM(Learner):
+    """A recurrent learner whose fast weights learn at inference, on trial-and-error episodes."""
 
     name = "lifelong_lstm"
     params: dict[str, Param] = {
@@ -161,21 +167,21 @@ class LifelongLSTM:
     adaptable_keys: tuple[str, ...] = ("hidden", "b_size", "c_size")
 
     @classmethod
-    def validate_config(cls, config: dict) -> dict:
-        """The config with defaults filled in; raises ConfigError naming a bad key."""
-        full = checked_params(cls.name, cls.params, config)
-        stream = config.get("stream") or {}
+    def validate_stream(cls, stream: dict) -> EpisodeConfig:
         if isinstance(stream, dict) and stream.get("kind", "trial_and_error") != "trial_and_error":
             raise ConfigError(f"learner '{cls.name}' needs stream.kind trial_and_error, got "
                               f"{stream['kind']!r}: set stream: {{kind: trial_and_error}}")
-        full["stream"] = EpisodeConfig.from_dict(stream)
-        full["seed"] = checked_seed(config)
-        return full
+        return EpisodeConfig.from_dict(stream)
+
+    @classmethod
+    def check_mutation(cls, key: str, values: list) -> None:
+        super().check_mutation(key, values)
+        if key == "hidden":
+            same_layer_count(cls, key, values)
 
     def __init__(self, config: dict, device: str | torch.device = "cpu",
                  data: Dataset | None = None):
-        self.config = self.validate_config(config)
-        self.device = torch.device(device)
+        super().__init__(config, device, data)     # no accuracy matrix: `rows` stays empty
         stream: EpisodeConfig = self.config["stream"]
         data = data if data is not None else load_stream_dataset(stream)
         self.stream = stream
@@ -200,16 +206,10 @@ class LifelongLSTM:
         held_out = EpisodeSampler(stream, data, "test")
         eval_gen = torch.Generator().manual_seed(stream.seed)
         n = self.config["eval_episodes"]
-        self.eval_set = self._to_device(held_out.sample(n, eval_gen))
-        self.switch_set = (self._to_device(held_out.sample(n, eval_gen, switch_fraction=1.0))
+        self.eval_set = held_out.sample(n, eval_gen).to(self.device)
+        self.switch_set = (held_out.sample(n, eval_gen, switch_fraction=1.0).to(self.device)
                            if stream.switch_at else None)
         self.round = 0
-        self.rows: list[list[float]] = []          # no accuracy matrix (not a task stream)
-
-    def _to_device(self, ep: Episodes) -> Episodes:
-        return Episodes(ep.x.to(self.device), ep.label.to(self.device),
-                        ep.answer.to(self.device), ep.group.to(self.device),
-                        ep.switched.to(self.device), ep.switch_round)
 
     @property
     def done(self) -> bool:
@@ -331,8 +331,8 @@ class LifelongLSTM:
 
     def _train_batch(self) -> float:
         cfg = self.config
-        ep = self._to_device(self.train_sampler.sample(
-            cfg["batch_episodes"], self.generator, switch_fraction=cfg["switch_fraction"]))
+        ep = self.train_sampler.sample(cfg["batch_episodes"], self.generator,
+                                       switch_fraction=cfg["switch_fraction"]).to(self.device)
         state = self._initial_state(ep.batch)
         total_ce = total_n = 0.0
         self.model.train()
@@ -395,8 +395,7 @@ class LifelongLSTM:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:    # this config's learning rate wins (PBT)
-            group["lr"] = self.config["lr"]
+        override_hyperparameters(self.optimizer, lr=self.config["lr"])
         self.generator.set_state(state["generator"])
         self.round = state["round"]
 
@@ -408,10 +407,7 @@ class LifelongLSTM:
         so right after it the learner plays every episode as before (up to float rounding).
         Narrowing keeps the most important units. Adam moments of resized tensors start afresh."""
         old, new = checked_old_config(self, old_config), self.config
-        if len(old["hidden"]) != len(new["hidden"]):
-            raise ConfigError(f"lifelong_lstm cannot change the number of trunk layers "
-                              f"({old['hidden']} -> {new['hidden']}): give every hidden in a "
-                              "mutation ladder the same length")
+        same_layer_count(type(self), "hidden", [old["hidden"], new["hidden"]])
         model = dict(state["model"])
         generator = torch.Generator().manual_seed(new["seed"])
         # trunk: Linear k (module 2k) is read by module 2k + 2 (the next one, or the features)
@@ -433,10 +429,8 @@ class LifelongLSTM:
             model[key] = umap.take_blocks(model[key], 2)
         # C's h is read only by c_to_b (and its own recurrent matrix); its state starts at zero
         growth.resize_lstm_cell(model, "type_c", {"c_to_b.weight": 0}, new["c_size"], generator)
-        names = [name for name, _ in self.model.named_parameters()]
-        optimizer = dict(state["optimizer"])
-        optimizer["state"] = {i: s for i, s in optimizer["state"].items()
-                              if model[names[i]].shape == state["model"][names[i]].shape}
+        optimizer = growth.kept_optimizer_state(self.model, state["optimizer"], state["model"],
+                                                model)
         self.load_state_dict({**state, "model": model, "optimizer": optimizer})
 
 

@@ -199,7 +199,7 @@ class _Held:
 
 
 class Reversible(ContinualLearner):
-    """The continual loop over a `ReversibleMLP` body."""
+    """Reversible additive-coupling blocks: training memory flat in depth (the continual loop)."""
 
     name = "reversible"
     params = {

@@ -123,6 +123,7 @@ from lifelab.errors import ConfigError
 from lifelab.learners import growth
 from lifelab.learners.base import (
     Evaluation,
+    Learner,
     Param,
     checked_old_config,
     checked_params,
@@ -441,8 +442,8 @@ def _range_param(default: list[int], doc: str) -> Param:
     return Param(default, list, doc=doc)
 
 
-class Teacher:
-    """The teacher-network learner (see the module docstring)."""
+class Teacher(Learner):
+    """A learned optimizer (teacher network) meta-trained to train held-out student networks."""
 
     name = "teacher"
     params: dict[str, Param] = {

@@ -8,8 +8,10 @@ import tempfile
 from lifelab.errors import ClusterError
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start or join Ray once per process.
+def connect(address: str | None = None, num_cpus: int | None = None,
+            code: list[str] | None = None) -> None:
+    """Start or join Ray once per process; `code`: local package folders Ray ships to every
+    worker (its runtime environment's `py_modules`), so learners defined there import anywhere.
 
     No address (and no RAY_ADDRESS): an embedded local Ray whose temp dir is short, because Unix
     socket paths are limited to 107 bytes. An address ('auto', 'host:port', 'ray://...'): that
@@ -19,15 +21,17 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
+        # (a notebook's or a test's Ray: its workers see the code only if it was started with it)
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    runtime_env = {"py_modules": list(code)} if code else None
     try:
         if address is None:
             temp_dir = tempfile.mkdtemp(prefix="lifelab-ray-", dir="/tmp")
             ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
-                     log_to_driver=False, configure_logging=False)
+                     log_to_driver=False, configure_logging=False, runtime_env=runtime_env)
         else:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     except (ConnectionError, RuntimeError, ValueError, SystemExit) as exc:
         # (Ray exits the process when it gives up on an unreachable GCS)
         where = address or "a new local Ray"

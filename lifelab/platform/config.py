@@ -52,6 +52,7 @@ class SweepSpec:
     stop: dict                          # {rounds: N}; empty = until every learner is done
     resources: dict                     # {cpu: float, gpu: float | "auto"}
     seed: int = 0
+    code: list = field(default_factory=list)   # local package folders shipped to the workers
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +63,8 @@ class SweepSpec:
         return [self.learner]
 
 
-SPEC_KEYS = ("name", "learner", "stream", "config", "search", "stop", "resources", "seed")
+SPEC_KEYS = ("name", "learner", "stream", "config", "search", "stop", "resources", "seed",
+             "code")
 SEARCH_KEYS = tuple(SearchSettings.__dataclass_fields__)
 
 
@@ -143,8 +145,11 @@ def parse_spec(data: dict, default_name: str) -> SweepSpec:
     if search.scheduler in (*POPULATION_SCHEDULERS, "asha") and not stop.get("rounds"):
         raise ConfigError(f"search.scheduler {search.scheduler} needs stop.rounds: "
                           "set stop: {rounds: N}")
+    code = data.get("code") or []
+    if not isinstance(code, list) or not all(isinstance(p, str) and p for p in code):
+        raise ConfigError("code must be a list of package folders, e.g. code: [./my_package]")
     return SweepSpec(name=name, learner=learner, stream=stream, config=config, search=search,
-                     stop=stop, resources=resources, seed=seed)
+                     stop=stop, resources=resources, seed=seed, code=code)
 
 
 def _search(data: dict) -> SearchSettings:

@@ -7,6 +7,7 @@ learners never care where the pixels came from. Nothing here downloads unless as
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import importlib.resources
@@ -53,6 +54,12 @@ class Dataset:
     def input_dim(self) -> int:
         return math.prod(self.input_shape)
 
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same dataset with its tensors on `device` (moved once per learner)."""
+        return dataclasses.replace(self, x_train=self.x_train.to(device),
+                                   y_train=self.y_train.to(device), x_test=self.x_test.to(device),
+                                   y_test=self.y_test.to(device))
+
 
 def default_data_root() -> Path:
     """Where torchvision datasets live: $LIFELAB_DATA, else ~/.cache/lifelab/data."""
@@ -60,7 +67,10 @@ def default_data_root() -> Path:
 
 
 def load_dataset(name: str, data_root: str | None = None, download: bool = False) -> Dataset:
-    """Load dataset `name` (one of DATASETS); `data_root`/`download` only matter for torchvision."""
+    """Load dataset `name`: one of DATASETS (`data_root`/`download` only matter for torchvision),
+    or 'package.module:function', a researcher's function returning a Dataset."""
+    if ":" in name:
+        return _load_custom(name)
     if name == "mnist5k":
         return _load_mnist5k()
     if name == "digits":
@@ -74,6 +84,29 @@ def load_dataset(name: str, data_root: str | None = None, download: bool = False
 def load_stream_dataset(stream) -> Dataset:
     """The dataset a stream config (a task stream or an episode stream) names."""
     return load_dataset(stream.dataset, stream.data_root, stream.download)
+
+
+def _load_custom(path: str) -> Dataset:
+    from lifelab.platform.imports import import_object
+
+    make = import_object(path, "dataset")
+    if not callable(make):
+        raise DataError(f"dataset '{path}' is not a function: name a function that returns a "
+                        "lifelab.platform.data.Dataset")
+    data = make()
+    if not isinstance(data, Dataset):
+        raise DataError(f"dataset '{path}' returned a {type(data).__name__}, not a "
+                        "lifelab.platform.data.Dataset: return one")
+    for split in ("train", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if (x.dim() != 2 or not x.is_floating_point() or y.dtype != torch.int64
+                or y.shape != (len(x),) or x.shape[1] != data.input_dim):
+            raise DataError(f"dataset '{path}': x_{split} must be float (N, {data.input_dim}) "
+                            f"and y_{split} int64 (N,), got {tuple(x.shape)} {x.dtype} and "
+                            f"{tuple(y.shape)} {y.dtype}: flatten and convert them")
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < data.num_classes:
+            raise DataError(f"dataset '{path}': y_{split} must lie in 0..{data.num_classes - 1}")
+    return dataclasses.replace(data, name=path)     # the stream knows it by this name
 
 
 # Cached: tests and trials in one process read it many times, and it never changes.

@@ -133,6 +133,10 @@ class Episodes:
     def batch(self) -> int:
         return self.x.shape[0]
 
+    def to(self, device: torch.device | str) -> Episodes:
+        return Episodes(self.x.to(device), self.label.to(device), self.answer.to(device),
+                        self.group.to(device), self.switched.to(device), self.switch_round)
+
 
 class EpisodeSampler:
     """Draws batches of trial-and-error episodes from one split of a dataset."""

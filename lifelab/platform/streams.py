@@ -48,7 +48,8 @@ class StreamConfig:
     download: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("dataset", self.dataset, DATASETS)
+        if not (isinstance(self.dataset, str) and ":" in self.dataset):   # module:function
+            _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("kind", self.kind, STREAM_KINDS)
         _check_choice("scenario", self.scenario, SCENARIOS)
         _check_int("tasks", self.tasks, 1, MAX_TASKS)

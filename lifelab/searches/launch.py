@@ -42,9 +42,10 @@ def storage_uri(storage: str | None) -> str:
 
 
 def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None = None,
-              reuse_actors: bool = True, progress_s: float = DEFAULT_INTERVAL_S):
+              reuse_actors: bool = True, progress_s: float = DEFAULT_INTERVAL_S,
+              verbose: bool = False):
     """Start a new sweep; refuses to touch an existing one. Returns (sweep_uri, ResultGrid).
-    `progress_s`: seconds between progress tables (0: none)."""
+    `progress_s`: seconds between progress tables (0: none); `verbose`: Tune's own output too."""
     sweep_uri = join(storage_uri(storage), spec.name)
     fs, path = resolve(sweep_uri)
     spec_path = join(path, SPEC_FILE)
@@ -60,9 +61,9 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     except OSError as exc:
         raise StorageError(f"cannot write to storage {sweep_uri} ({exc}): choose a writable "
                            "--storage") from None
-    connect(address)
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
-    return sweep_uri, _tuner(spec, sweep_uri, data, reuse_actors, progress_s).fit()
+    connect(address, code=spec.code)
+    _tune_environment(verbose)
+    return sweep_uri, _tuner(spec, sweep_uri, data, reuse_actors, progress_s, verbose).fit()
 
 
 def resume_sweep(sweep_dir: str, address: str | None = None):
@@ -76,10 +77,18 @@ def resume_sweep(sweep_dir: str, address: str | None = None):
         raise StorageError(f"{sweep_uri} has no Tune experiment to resume (it never started): "
                            f"start it again with `lifelab sweep {join(sweep_uri, SPEC_FILE)}`")
     data = _dataset(spec)
-    connect(address)
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
+    connect(address, code=spec.code)
+    _tune_environment(verbose=False)
     tuner = tune.Tuner.restore(tune_uri, trainable=_trainable(spec, data), resume_errored=True)
     return sweep_uri, tuner.fit()
+
+
+def _tune_environment(verbose: bool) -> None:
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
+    if not verbose:
+        # Tune's newer console output prints its banner even at verbose=0; the classic one
+        # is silent there, and lifelab's progress table says what matters
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
 
 
 def read_sweep_spec(sweep_uri: str) -> SweepSpec:
@@ -97,15 +106,20 @@ def _dataset(spec: SweepSpec) -> Dataset:
 def _trainable(spec: SweepSpec, data: Dataset):
     from ray import tune
 
+    from lifelab.trainables.registry import learner_class
     from lifelab.trainables.trainable import LearnerTrainable
 
     cpu, gpu = spec.resources["cpu"], spec.resources["gpu"]
     resources = {"cpu": cpu, "gpu": gpus_per_trial(cpu) if gpu == "auto" else gpu}
-    return tune.with_resources(tune.with_parameters(LearnerTrainable, data=data), resources)
+    # the classes resolved here travel with the trials: a learner registered only in this
+    # process (lifelab.register_learner) works on every worker too
+    learners = {name: learner_class(name) for name in spec.learner_names()}
+    return tune.with_resources(tune.with_parameters(LearnerTrainable, data=data,
+                                                    learners=learners), resources)
 
 
 def _tuner(spec: SweepSpec, sweep_uri: str, data: Dataset, reuse_actors: bool,
-           progress_s: float):
+           progress_s: float, verbose: bool):
     from ray import tune
 
     stop = {"training_iteration": spec.stop["rounds"]} if spec.stop.get("rounds") else None
@@ -122,8 +136,8 @@ def _tuner(spec: SweepSpec, sweep_uri: str, data: Dataset, reuse_actors: bool,
             reuse_actors=reuse_actors,
         ),
         run_config=tune.RunConfig(
-            # our progress table replaces Tune's (verbose 0); a resumed sweep keeps the callbacks
-            name=TUNE_DIR, storage_path=sweep_uri, stop=stop, verbose=0 if progress_s > 0 else 1,
+            # our progress table replaces Tune's; a resumed sweep keeps the callbacks
+            name=TUNE_DIR, storage_path=sweep_uri, stop=stop, verbose=1 if verbose else 0,
             callbacks=callbacks,
             # a checkpoint every round: resume loses at most one round, and PBT needs every
             # donor checkpoint to still exist (num_to_keep=2 made trials fail, ENVIRONMENT.md)

@@ -7,6 +7,7 @@ each mutation), checked by the learner class itself.
 
 from __future__ import annotations
 
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def load_spec(source: str, name: str | None = None, samples: int | None = None) 
         data, default_name = yaml.safe_load(text), source
     elif source.endswith((".yaml", ".yml")) or Path(source).exists():
         data, default_name = read_yaml(source), Path(source).stem
+        data = with_absolute_code(data, Path(source).resolve().parent)
     else:
         raise ConfigError(f"'{source}' is neither a preset nor a spec file: use one of "
                           f"{', '.join(preset_names())} or the path of a YAML spec")
@@ -51,10 +53,32 @@ def load_spec(source: str, name: str | None = None, samples: int | None = None) 
 
 
 def spec_from_dict(data: dict, default_name: str = "sweep") -> SweepSpec:
-    """The Python API's way in: the same checks as a YAML spec."""
-    spec = parse_spec(data, default_name)
+    """The Python API's way in: the same checks as a YAML spec (`code` relative to the
+    current directory)."""
+    spec = parse_spec(with_absolute_code(data, Path.cwd()), default_name)
     check_learners(spec)
     return spec
+
+
+def with_absolute_code(data: dict, base: Path) -> dict:
+    """`code` folders relative to `base` (a spec file's folder) made absolute: spec.yaml records
+    them so, and a resume from another directory finds them."""
+    code = data.get("code") if isinstance(data, dict) else None
+    if not isinstance(code, list) or not all(isinstance(p, str) and p for p in code):
+        return data                                 # (parse_spec reports the bad shape)
+    return {**data, "code": [str((base / Path(p).expanduser()).resolve()) for p in code]}
+
+
+def import_code(folders: list[str]) -> None:
+    """Make the spec's `code` packages importable here, as Ray will make them on the workers
+    (each folder is a package: `code: [src/my_pkg]` gives `import my_pkg`)."""
+    for folder in folders:
+        path = Path(folder)
+        if not path.is_dir():
+            raise ConfigError(f"code folder {folder} does not exist: give the folder of a Python "
+                              "package (the one holding its __init__.py)")
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
 
 
 def check_learners(spec: SweepSpec) -> None:
@@ -64,9 +88,10 @@ def check_learners(spec: SweepSpec) -> None:
     a key must belong to at least one of them (e.g. ewc's `lambda` beside si's `c`).
     """
     classes = {}
+    import_code(spec.code)
     for learner in spec.learner_names():
         if not isinstance(learner, str):
-            raise ConfigError(f"learner {learner!r} must be a learner name")
+            raise ConfigError(f"learner {learner!r} must be a learner name or 'module:Class'")
         classes[learner] = learner_class(learner)
     known = sorted({key for cls in classes.values() for key in cls.params})
     for where, keys in (("config", spec.config), ("search.mutations", spec.search.mutations)):
@@ -96,10 +121,10 @@ def check_learners(spec: SweepSpec) -> None:
         if spec.search.metric not in reported:
             raise ConfigError(f"search.metric '{spec.search.metric}' is not reported by learner "
                               f"'{learner}': use one of {', '.join(reported)}")
-        for key in spec.search.mutations:
-            if key in cls.architecture_keys and not hasattr(cls, "adapt"):
-                raise ConfigError(f"search.mutations.{key} changes the architecture of learner "
-                                  f"'{learner}', which cannot adapt a checkpoint: remove it")
+        for key, value in spec.search.mutations.items():
+            if key in cls.params:
+                values = list(value) if isinstance(value, list) else representative_values(value)
+                cls.check_mutation(key, values)
 
 
 def _validate(cls: type, where: str, config: dict) -> None:

@@ -1,6 +1,6 @@
-"""One generic Ray Tune trainable that drives any registered learner.
+"""One generic Ray Tune trainable that drives any learner.
 
-Trial config = the learner's own config + `learner` (its registry name) + `stream` + `seed`.
+Trial config = the learner's own config + `learner` (its name in the spec) + `stream` + `seed`.
 One Tune iteration is one `step_round()`. Besides the learner's metrics, each result carries:
   round_s          wall seconds of the round
   acc_rows         accuracy-matrix rows finished this round: [[trained_task, [acc per task]], ...]
@@ -41,17 +41,21 @@ def learner_config(cls: type, config: dict, trial_id: str) -> dict:
 
 
 class LearnerTrainable(tune.Trainable):
-    """Drives `config['learner']`; `data` is the stream's dataset, shared via the object store."""
+    """Drives `config['learner']`; `data` is the stream's dataset, shared via the object store;
+    `learners` maps the spec's learner names to the classes the driver resolved (so a learner
+    registered only in the driver's process reaches the workers too)."""
 
-    def setup(self, config: dict, data: Dataset | None = None) -> None:
+    def setup(self, config: dict, data: Dataset | None = None,
+              learners: dict[str, type] | None = None) -> None:
         self._data = data
+        self._learners = learners or {}
         cpus = self.trial_resources.required_resources.get("CPU", 1) if self.trial_resources \
             else 1
         torch.set_num_threads(max(1, int(cpus)))
         self._build(config)
 
     def _build(self, config: dict) -> None:
-        cls = learner_class(config["learner"])
+        cls = self._learners.get(config["learner"]) or learner_class(config["learner"])
         self.learner = cls(learner_config(cls, config, self.trial_id), device=self._device(),
                            data=self._data)
         self._rows_sent = 0
@@ -91,18 +95,15 @@ class LearnerTrainable(tune.Trainable):
                    os.path.join(checkpoint_dir, CHECKPOINT_FILE))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        saved = torch.load(os.path.join(checkpoint_dir, CHECKPOINT_FILE), weights_only=False,
+        # weights_only: a checkpoint in shared storage is data, never code
+        saved = torch.load(os.path.join(checkpoint_dir, CHECKPOINT_FILE), weights_only=True,
                            map_location=self._device())
         old_config = saved["config"]
-        changed = [key for key in self.learner.architecture_keys
-                   if old_config.get(key) != self.config.get(key)]
         if old_config.get("learner") != self.config.get("learner"):
             raise ConfigError(f"checkpoint of learner '{old_config.get('learner')}' cannot be "
                               f"loaded into '{self.config.get('learner')}'")
-        if changed and not hasattr(self.learner, "adapt"):
-            raise ConfigError(f"learner '{self.config['learner']}' cannot change "
-                              f"{', '.join(changed)} of a checkpoint: remove them from "
-                              "search.mutations")
+        changed = [key for key in self.learner.architecture_keys
+                   if old_config.get(key) != self.config.get(key)]
         if changed:
             self.learner.adapt(saved["learner"], old_config)
         else:

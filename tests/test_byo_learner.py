@@ -3,6 +3,7 @@
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -152,9 +153,10 @@ def test_mutating_what_a_learner_cannot_adapt_is_refused(learner, mutations, mes
 
 def test_an_entry_point_learner_from_an_installed_package(tmp_path):
     """The example package installed as a user would (pip), then named by its entry point."""
-    target = tmp_path / "site"
+    source, target = tmp_path / "source", tmp_path / "site"
+    shutil.copytree(EXAMPLE, source)                 # the build writes next to the sources
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(EXAMPLE)],
+                    "--no-build-isolation", "--target", str(target), str(source)],
                    check=True, capture_output=True, timeout=300)
     env = {**os.environ, "PYTHONPATH": str(target)}
     listed = subprocess.run([sys.executable, "-m", "lifelab", "list"], env=env, text=True,

@@ -1,1 +1,0 @@
-"""An example of a researcher's own lifelab learner (see docs/writing-a-learner.md)."""

@@ -21,7 +21,8 @@ SPEC = {
     "learner": "finetune",
     "stream": {"tasks": 3, "steps_per_task": 150},
     "config": {"lr": {"loguniform": [1e-4, 1e-2]}, "hidden": [64], "steps_per_round": 10},
-    "search": {"scheduler": "pbt", "metric": "acc_avg", "samples": 2, "perturbation_interval": 8,
+    "search": {"scheduler": "pbt", "metric": "val_acc_avg", "samples": 2,
+               "perturbation_interval": 8,
                "quantile_fraction": 0.5, "mutations": {"lr": {"loguniform": [1e-4, 1e-2]}}},
     "stop": {"rounds": ROUNDS},
 }

@@ -21,7 +21,7 @@ def demo() -> dict:
 def fifo() -> dict:
     """A valid spec with scheduler fifo (no mutations, no stop needed)."""
     d = demo()
-    d["search"] = {"scheduler": "fifo", "metric": "acc_avg", "samples": 1}
+    d["search"] = {"scheduler": "fifo", "metric": "val_acc_avg", "samples": 1}
     del d["stop"]
     return d
 

@@ -126,7 +126,7 @@ def test_dataset_must_match_the_config(mnist: Dataset) -> None:
 
 
 def test_permuted_shapes(mnist: Dataset) -> None:
-    s = stream(mnist, tasks=3)
+    s = stream(mnist, tasks=3, validation=0)
     assert len(s.tasks) == 3 and s.input_dim == 784
     for t, task in enumerate(s.tasks):
         assert task.index == t and task.classes == tuple(range(10)) and task.num_train == 4000
@@ -138,7 +138,7 @@ def test_permuted_shapes(mnist: Dataset) -> None:
 
 
 def test_permuted_task_0_is_the_identity(mnist: Dataset) -> None:
-    task = stream(mnist, tasks=3).tasks[0]
+    task = stream(mnist, tasks=3, validation=0).tasks[0]
     idx = torch.tensor([5, 0, 3999])
     assert torch.equal(task.train_batch(idx)[0], mnist.x_train[idx])
     assert torch.equal(task.test_set()[0], mnist.x_test)
@@ -164,7 +164,7 @@ def test_permutations_are_fixed_by_the_seed() -> None:
 
 def test_permuted_task_permutes_the_real_pixels_consistently(mnist: Dataset) -> None:
     perms = permutations(tasks=3, seed=5)
-    s = stream(mnist, tasks=3, seed=5)
+    s = stream(mnist, tasks=3, seed=5, validation=0)
     idx = torch.arange(0, 4000, 97)
     for task, perm in zip(s.tasks, perms, strict=True):
         x, y = task.train_batch(idx)
@@ -195,7 +195,8 @@ def test_permuted_100_does_not_copy_the_dataset(mnist: Dataset) -> None:
 
 
 def test_split_tasks_hold_only_and_all_their_classes(mnist: Dataset) -> None:
-    s = stream(mnist, kind="split", tasks=5, scenario="class")  # class: y is the original label
+    # class: y is the original label
+    s = stream(mnist, kind="split", tasks=5, scenario="class", validation=0)
     seen_train = 0
     for t, task in enumerate(s.tasks):
         assert task.classes == (2 * t, 2 * t + 1)
@@ -271,3 +272,38 @@ def test_to_moves_every_tensor_and_keeps_batches(mnist: Dataset) -> None:
     idx = torch.arange(10)
     assert torch.equal(same.tasks[2].train_batch(idx)[0], s.tasks[2].train_batch(idx)[0])
     assert torch.equal(same.tasks[2].train_batch(idx)[1], s.tasks[2].train_batch(idx)[1])
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {bytes(r.numpy()) for r in x}
+
+
+@pytest.mark.parametrize("kind", STREAM_KINDS)
+def test_validation_is_held_out_of_training_per_class_and_fixed_by_the_seed(mnist, kind):
+    s = stream(mnist, kind=kind, tasks=5, scenario="class", validation=0.1, seed=3)
+    for task in s.tasks:
+        x, y = task.train_batch(torch.arange(task.num_train))
+        x_val, y_val = task.eval_set("val")
+        assert not _rows(x) & _rows(x_val)                   # never trained on
+        for label in y.unique().tolist():                   # 10% of each class, rounded
+            total = int((y == label).sum() + (y_val == label).sum())
+            assert int((y_val == label).sum()) == round(0.1 * total)
+        assert torch.equal(task.eval_set("test")[0], task.test_set()[0])
+    # train and validation together are exactly the dataset's training images
+    whole = stream(mnist, kind=kind, tasks=5, scenario="class", validation=0).tasks[0]
+    task = s.tasks[0]
+    both = torch.cat([task.train_batch(torch.arange(task.num_train))[0], task.eval_set("val")[0]])
+    assert _rows(both) == _rows(whole.train_batch(torch.arange(whole.num_train))[0])
+    again = stream(mnist, kind=kind, tasks=5, scenario="class", validation=0.1, seed=3)
+    other = stream(mnist, kind=kind, tasks=5, scenario="class", validation=0.1, seed=4)
+    assert torch.equal(again.tasks[0].eval_set("val")[0], task.eval_set("val")[0])
+    assert not torch.equal(other.tasks[0].eval_set("val")[0], task.eval_set("val")[0])
+
+
+@pytest.mark.parametrize("bad", [-0.1, 0.6, "0.1", True])
+def test_validation_fraction_is_checked(bad):
+    with pytest.raises(ConfigError, match="stream.validation must be a fraction"):
+        StreamConfig(validation=bad)

@@ -19,7 +19,7 @@ SPEC = {
     "learner": {"grid": ["finetune", "joint"]},
     "stream": {"tasks": 2, "steps_per_task": 20},
     "config": {"lr": {"loguniform": [1e-4, 1e-2]}, "hidden": [32], "steps_per_round": 10},
-    "search": {"scheduler": "pbt", "metric": "acc_avg", "mode": "max", "samples": 2,
+    "search": {"scheduler": "pbt", "metric": "val_acc_avg", "mode": "max", "samples": 2,
                "perturbation_interval": 1, "quantile_fraction": 0.5,
                "mutations": {"lr": {"loguniform": [1e-4, 1e-2]}}},
     "stop": {"rounds": ROUNDS},

@@ -19,6 +19,9 @@ Metrics of every continual learner (fractions in [0, 1]):
   forgetting   average forgetting of the accuracy matrix (from 2 finished tasks on)
   tasks_seen   tasks finished
   train_loss   mean training loss of the round's steps
+Each accuracy metric has a validation twin `val_<name>` (e.g. `val_acc_avg`), scored on the
+stream's validation split, which no learner trains on: searches select on those; the test
+metrics are reported beside them (absent when `stream.validation` is 0).
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ class ContinualLearner(Learner):
     }
     #: the metrics `step_round` reports (a search may optimise any of them)
     metrics: tuple[str, ...] = ("acc_avg", "acc_avg_til", "acc_avg_cil", "bwt", "forgetting",
-                                "tasks_seen", "train_loss")
+                                "tasks_seen", "train_loss", "val_acc_avg", "val_acc_avg_til",
+                                "val_acc_avg_cil", "val_bwt", "val_forgetting")
     #: keys whose change alters parameter shapes (an `adapt` is needed to load across them)
     architecture_keys: tuple[str, ...] = ("hidden",)
 
@@ -78,6 +82,9 @@ class ContinualLearner(Learner):
         self.task = 0                      # the task being trained
         self.step_in_task = 0
         self.view_rows: dict[str, list[list[float]]] = {}  # the same under "til" / "cil"
+        self.val_rows: list[list[float]] = []               # both again on the validation split
+        self.val_view_rows: dict[str, list[list[float]]] = {}
+        self.splits = ("test", "val") if self.stream.tasks[0].num_val else ("test",)
 
     # -- building blocks subclasses may override -----------------------------------------------
 
@@ -164,40 +171,51 @@ class ContinualLearner(Learner):
         return self.round_metrics(torch.stack(losses).mean().item())
 
     def round_metrics(self, train_loss: float) -> dict[str, float]:
-        if self.step_in_task == 0 and self.rows:          # ended on a task boundary
-            current = self.rows[-1]
-            views = {name: rows[-1] for name, rows in self.view_rows.items()}
-        else:
-            evaluation = self.evaluate()
-            current, views = evaluation.accuracies, evaluation.views
-        metrics = {"acc_avg": sum(current) / len(current), "tasks_seen": float(len(self.rows)),
-                   "train_loss": train_loss}
-        for name, accuracies in views.items():
-            metrics[f"acc_avg_{name}"] = sum(accuracies) / len(accuracies)
-        if len(self.rows) >= 2:
-            summary = summarize(self.rows)
-            metrics["bwt"] = summary["bwt"]
-            metrics["forgetting"] = summary["forgetting"]
+        metrics = {"tasks_seen": float(len(self.rows)), "train_loss": train_loss}
+        for split in self.splits:
+            rows, view_rows = self.matrices(split)
+            if self.step_in_task == 0 and rows:                # ended on a task boundary
+                current = rows[-1]
+                views = {name: matrix[-1] for name, matrix in view_rows.items()}
+            else:
+                evaluation = self.evaluate(split=split)
+                current, views = evaluation.accuracies, evaluation.views
+            prefix = "val_" if split == "val" else ""
+            metrics[f"{prefix}acc_avg"] = sum(current) / len(current)
+            for name, accuracies in views.items():
+                metrics[f"{prefix}acc_avg_{name}"] = sum(accuracies) / len(accuracies)
+            if len(rows) >= 2:
+                summary = summarize(rows)
+                metrics[f"{prefix}bwt"] = summary["bwt"]
+                metrics[f"{prefix}forgetting"] = summary["forgetting"]
         return metrics
+
+    def matrices(self, split: str) -> tuple[list[list[float]], dict[str, list[list[float]]]]:
+        """The accuracy matrix of a split ("test" or "val") and its views."""
+        return (self.val_rows, self.val_view_rows) if split == "val" else \
+            (self.rows, self.view_rows)
 
     def _finish_task(self) -> None:
         finished = self.task
-        evaluation = self.evaluate(seen=finished + 1)
-        self.rows.append(evaluation.accuracies)
-        for name, accuracies in evaluation.views.items():
-            self.view_rows.setdefault(name, []).append(accuracies)
+        for split in self.splits:
+            evaluation = self.evaluate(seen=finished + 1, split=split)
+            rows, view_rows = self.matrices(split)
+            rows.append(evaluation.accuracies)
+            for name, accuracies in evaluation.views.items():
+                view_rows.setdefault(name, []).append(accuracies)
         self.on_task_end(finished)
         self.task += 1
         self.step_in_task = 0
 
     @torch.no_grad()
-    def evaluate(self, seen: int | None = None) -> Evaluation:
-        """Accuracy on each of the first `seen` tasks (default: every task trained or begun)."""
+    def evaluate(self, seen: int | None = None, split: str = "test") -> Evaluation:
+        """Accuracy on each of the first `seen` tasks (default: every task trained or begun),
+        on their `split` ("test" or "val") samples."""
         seen = seen if seen is not None else min(self.task + 1, len(self.stream.tasks))
         self.model.eval()
         accuracies, views = [], {}
         for j in range(seen):
-            x, y = self.stream.tasks[j].test_set()
+            x, y = self.stream.tasks[j].eval_set(split)
             out = self.model(x)
             accuracies.append(_accuracy(out[:, self.stream.output_units(j, seen)], y))
             for name, (units, shift) in self.view_units(j, seen).items():
@@ -232,6 +250,9 @@ class ContinualLearner(Learner):
             "rows": [list(row) for row in self.rows],
             "view_rows": {name: [list(row) for row in rows]
                           for name, rows in self.view_rows.items()},
+            "val_rows": [list(row) for row in self.val_rows],
+            "val_view_rows": {name: [list(row) for row in rows]
+                              for name, rows in self.val_view_rows.items()},
             "extra": self.extra_state(),
         })
 
@@ -246,6 +267,9 @@ class ContinualLearner(Learner):
         self.rows = [list(row) for row in state["rows"]]
         self.view_rows = {name: [list(row) for row in rows]
                           for name, rows in state.get("view_rows", {}).items()}
+        self.val_rows = [list(row) for row in state.get("val_rows", [])]
+        self.val_view_rows = {name: [list(row) for row in rows]
+                              for name, rows in state.get("val_view_rows", {}).items()}
         self.load_extra_state(state["extra"])
 
 

@@ -105,8 +105,10 @@ class Learner(abc.ABC):
     An instance is built as `cls(config, device, data)`: `config` a plain dict (checked by
     `validate_config`, which fills defaults), `data` the stream's dataset when the platform
     already holds it (shared by every trial of a node), else None (load it yourself). It is then
-    driven by `step_round()` until `done`; `rows` is the accuracy matrix so far (one list per
-    finished task; stays empty for learners without one). `state_dict()` / `load_state_dict()`
+    driven by `step_round()` until `done`; `rows` is the accuracy matrix so far on the test split
+    (one list per finished task; stays empty for learners without one), `val_rows` the same on
+    the validation split. Metrics scored on validation data are named `val_<name>` beside the
+    test metric `<name>`: searches select on them, never on test data. `state_dict()` / `load_state_dict()`
     must give bit-for-bit continuation and hold only tensors, numbers, strings, lists and dicts
     (checkpoints are loaded with `torch.load(weights_only=True)`). `adapt(state, old_config)`
     loads a state made under other `adaptable_keys` values (PBT's architecture mutations).
@@ -121,7 +123,8 @@ class Learner(abc.ABC):
     def __init__(self, config: dict, device: str | torch.device = "cpu", data: Any = None):
         self.config = self.validate_config(config)
         self.device = torch.device(device)
-        self.rows: list[list[float]] = []
+        self.rows: list[list[float]] = []        # accuracy matrix on the test split
+        self.val_rows: list[list[float]] = []    # ... and on the validation split
 
     @classmethod
     def validate_config(cls, config: dict) -> dict:

@@ -472,8 +472,9 @@ class HNet(ContinualLearner):
     # -- evaluation and metrics ----------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, seen: int | None = None) -> Evaluation:
-        """Accuracy on each of the first `seen` tasks: with the task given in the task scenario,
+    def evaluate(self, seen: int | None = None, split: str = "test") -> Evaluation:
+        """Accuracy on each of the first `seen` tasks' `split` samples: with the task given in
+        the task scenario,
         else inferred. Views (kept by the base loop as `view_rows`, reported as acc_avg_<view>):
         "til" with the task given (task and class scenarios), "cil" with the task inferred."""
         seen = seen if seen is not None else min(self.task + 1, len(self.stream.tasks))
@@ -482,7 +483,7 @@ class HNet(ContinualLearner):
         scenario = self.stream.config.scenario
         given, inferred = [], []
         for j in range(seen):
-            x, y = self.stream.tasks[j].test_set()
+            x, y = self.stream.tasks[j].eval_set(split)
             y = self.local_labels(y, j)
             if scenario != "domain":
                 pred = self.target.forward(weights[j], x).argmax(1)

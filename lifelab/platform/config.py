@@ -27,8 +27,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class SearchSettings:
     scheduler: str = "fifo"
     searcher: str = "random"
-    metric: str = "acc_avg"
+    metric: str = "val_acc_avg"       # selection on validation data (val_<metric>)
     mode: str = "max"
+    select_on_test: bool = False       # explicit opt-in to select on a test metric
     samples: int = 1
     # pbt
     perturbation_interval: int = 1
@@ -159,7 +160,7 @@ def _search(data: dict) -> SearchSettings:
     _one_of("search.searcher", search.searcher, SEARCHERS)
     _one_of("search.mode", search.mode, ("max", "min"))
     if not isinstance(search.metric, str) or not search.metric:
-        raise ConfigError("search.metric must be a metric name such as acc_avg")
+        raise ConfigError("search.metric must be a metric name such as val_acc_avg")
     _positive_int("search.samples", search.samples)
     _positive_int("search.perturbation_interval", search.perturbation_interval)
     _positive_int("search.grace_period", search.grace_period)
@@ -168,6 +169,9 @@ def _search(data: dict) -> SearchSettings:
     _number("search.reduction_factor", search.reduction_factor, low=1, strict=True)
     mutations = _mapping("search.mutations", search.mutations)
     scheduler = search.scheduler
+    if not isinstance(search.select_on_test, bool):
+        raise ConfigError(f"search.select_on_test must be true or false, got "
+                          f"{search.select_on_test!r}")
     if not isinstance(search.synch, bool):
         raise ConfigError(f"search.synch must be true or false, got {search.synch!r}")
     if search.synch and scheduler not in POPULATION_SCHEDULERS:

@@ -42,6 +42,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("sweep", pa.string()), ("trial_id", pa.string()), ("iteration", pa.int64()),
         ("trained_task", pa.int64()), ("eval_task", pa.int64()), ("accuracy", pa.float64()),
         ("run", pa.int64()),
+        ("split", pa.string()),          # "test" or "val" (the split the row was scored on)
     ]),
     "events": pa.schema([
         ("sweep", pa.string()), ("trial_id", pa.string()), ("iteration", pa.int64()),
@@ -56,7 +57,7 @@ SPEC_FILE = "spec.yaml"
 KEYS: dict[str, tuple[str, ...]] = {
     "trials": ("trial_id",),
     "metrics": ("trial_id", "iteration", "name"),
-    "accuracy": ("trial_id", "iteration", "trained_task", "eval_task"),
+    "accuracy": ("trial_id", "iteration", "trained_task", "eval_task", "split"),
     "events": ("trial_id", "iteration", "kind"),
 }
 

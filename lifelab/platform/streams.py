@@ -11,6 +11,11 @@ is always ``cross_entropy(logits[:, stream.output_units(t, seen)], y)``:
 - ``task``: one head of c units per task (c = 10 for permuted MNIST, k for split), local labels.
 - ``domain``: one shared head of c units, local labels.
 - ``class``: c units per task, global labels; a task is scored on all classes seen so far.
+
+Splits: every task has train, validation and test samples. Validation is a fraction
+(`validation`, default 0.1) of each class's training images, held out with the stream's seed
+before the tasks are cut, so no learner ever trains on it; searches select on it. Test is the
+dataset's own test split, reported and never used for a decision.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ STREAM_KINDS: tuple[str, ...] = ("permuted", "split")
 SCENARIOS: tuple[str, ...] = ("task", "domain", "class")
 MAX_TASKS = 100
 
-_Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x/y train, x/y test
+# x/y train, x/y validation, x/y test
+_Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+SPLITS: tuple[str, ...] = ("val", "test")       # the splits a learner is evaluated on
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,8 @@ class StreamConfig:
     scenario: str = "task"
     steps_per_task: int = 200  # optimizer steps a learner spends on each task
     classes_per_task: int = 2  # split only
-    seed: int = 0  # fixes the permutations
+    seed: int = 0  # fixes the permutations, the class order and the validation samples
+    validation: float = 0.1  # fraction of each class's training samples held out for selection
     data_root: str | None = None
     download: bool = False
 
@@ -56,6 +64,10 @@ class StreamConfig:
         _check_int("steps_per_task", self.steps_per_task, 1)
         _check_int("classes_per_task", self.classes_per_task, 1, MAX_TASKS)
         _check_int("seed", self.seed, 0, 2**63 - 1)
+        ok = isinstance(self.validation, (int, float)) and not isinstance(self.validation, bool)
+        if not (ok and 0 <= self.validation <= 0.5):
+            raise ConfigError(f"stream.validation must be a fraction between 0 and 0.5 (0: no "
+                              f"validation split), got {self.validation!r}")
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError(
                 f"stream.data_root must be a directory path or null, got {self.data_root!r}"
@@ -105,10 +117,11 @@ class Task:
     ) -> None:
         self.index = index
         self.classes = classes
-        self._x_train, self._y_train, self._x_test, self._y_test = data
+        self._x_train, self._y_train, self._x_val, self._y_val, self._x_test, self._y_test = data
         self._perm = perm  # None = identity: no gather at all
         self._label_offset = label_offset  # dataset label + offset = label the learner sees
         self.num_train = len(self._y_train)
+        self.num_val = len(self._y_val)
 
     def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows `idx` (indices in 0..num_train-1) of this task's training set: x (B, D), y (B,)."""
@@ -118,13 +131,22 @@ class Task:
         """This task's whole test set, labels as in train_batch."""
         return self._transform(self._x_test, self._y_test)
 
+    def eval_set(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """This task's whole validation ("val") or test ("test") set, labels as in train_batch."""
+        if split == "val":
+            return self._transform(self._x_val, self._y_val)
+        if split == "test":
+            return self.test_set()
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
     def _transform(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._perm is not None:
             x = x[:, self._perm]
         return x, y + self._label_offset
 
     def _to(self, move: Callable[[torch.Tensor], torch.Tensor]) -> Task:
-        data = (move(self._x_train), move(self._y_train), move(self._x_test), move(self._y_test))
+        data = (move(self._x_train), move(self._y_train), move(self._x_val), move(self._y_val),
+                move(self._x_test), move(self._y_test))
         perm = None if self._perm is None else move(self._perm)
         return Task(self.index, self.classes, data, perm, self._label_offset)
 
@@ -173,7 +195,8 @@ def build_stream(config: StreamConfig, dataset: Dataset) -> Stream:
                           f"learner needs stream.kind {' or '.join(STREAM_KINDS)}")
     if dataset.name != config.dataset:
         raise ValueError(f"stream wants dataset {config.dataset!r}, got {dataset.name!r}")
-    data = (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
+    data = (*hold_out(dataset.x_train, dataset.y_train, config.validation, config.seed),
+            dataset.x_test, dataset.y_test)
     if config.kind == "permuted":
         return _permuted(config, dataset, data)
     return _split(config, dataset, data)
@@ -199,14 +222,34 @@ def _split(config: StreamConfig, dataset: Dataset, data: _Data) -> Stream:
             f"{dataset.num_classes} classes of {dataset.name}: lower stream.tasks or "
             "stream.classes_per_task"
         )
-    x_train, y_train, x_test, y_test = data
+    x_train, y_train, x_val, y_val, x_test, y_test = data
     tasks = []
     for t in range(config.tasks):
         lo = k * t
         # Tasks are disjoint, so selecting their rows copies each sample at most once overall.
-        train = (y_train >= lo) & (y_train < lo + k)
-        test = (y_test >= lo) & (y_test < lo + k)
-        subset = (x_train[train], y_train[train], x_test[test], y_test[test])
+        subset = tuple(part for x, y in ((x_train, y_train), (x_val, y_val), (x_test, y_test))
+                       for part in _classes(x, y, lo, lo + k))
         offset = 0 if config.scenario == "class" else -lo
         tasks.append(Task(t, tuple(range(lo, lo + k)), subset, None, offset))
     return Stream(config, tasks, dataset.input_dim, k)
+
+
+def hold_out(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int) -> _Data:
+    """(x_train, y_train, x_val, y_val): `fraction` of each class's samples, drawn with `seed`,
+    held out for validation (stratified, so every task of a split stream gets its share)."""
+    if fraction == 0:
+        return x, y, x[:0], y[:0]
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    order = order[torch.argsort(y[order], stable=True)]          # shuffled within each class
+    counts = torch.bincount(y)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(y)) - starts[y[order]]                # position within its class
+    held = torch.zeros(len(y), dtype=torch.bool)
+    held[order] = rank < torch.round(counts[y[order]] * fraction).long()
+    train, val = (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
+    return x[train], y[train], x[val], y[val]
+
+
+def _classes(x: torch.Tensor, y: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, ...]:
+    keep = (y >= lo) & (y < hi)
+    return x[keep], y[keep]

@@ -55,8 +55,10 @@ class RecordingCallback(tune.Callback):
                    and not isinstance(value, bool)]
         self.store.append("metrics", metrics)
         accuracy = [{"sweep": self.sweep, "trial_id": trial.trial_id, "iteration": it,
-                     "trained_task": task, "eval_task": j, "accuracy": float(acc)}
-                    for task, row in result.get("acc_rows", []) for j, acc in enumerate(row)]
+                     "trained_task": task, "eval_task": j, "accuracy": float(acc),
+                     "split": split}
+                    for task, row, split in result.get("acc_rows", [])
+                    for j, acc in enumerate(row)]
         self.store.append("accuracy", accuracy)
         events = [{"sweep": self.sweep, "trial_id": trial.trial_id,
                    "iteration": int(event["iteration"]), "kind": event["kind"],

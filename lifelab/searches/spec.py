@@ -121,10 +121,26 @@ def check_learners(spec: SweepSpec) -> None:
         if spec.search.metric not in reported:
             raise ConfigError(f"search.metric '{spec.search.metric}' is not reported by learner "
                               f"'{learner}': use one of {', '.join(reported)}")
+        check_selection(spec, cls, reported)
         for key, value in spec.search.mutations.items():
             if key in cls.params:
                 values = list(value) if isinstance(value, list) else representative_values(value)
                 cls.check_mutation(key, values)
+
+
+def check_selection(spec: SweepSpec, cls: type, reported: tuple[str, ...]) -> None:
+    """Searches select on validation data: a metric with a `val_` twin is a test metric, refused
+    unless the spec opts in (search.select_on_test), and a `val_` metric needs a validation
+    split."""
+    metric = spec.search.metric
+    if f"val_{metric}" in reported and not spec.search.select_on_test:
+        raise ConfigError(f"search.metric '{metric}' is scored on test data: select on "
+                          f"'val_{metric}' (validation data), or set search.select_on_test: true "
+                          "to select on test data knowingly")
+    stream = cls.validate_stream(spec.stream)
+    if metric.startswith("val_") and getattr(stream, "validation", 1) == 0:
+        raise ConfigError(f"search.metric '{metric}' needs a validation split, but "
+                          "stream.validation is 0: set stream.validation (e.g. 0.1)")
 
 
 def _validate(cls: type, where: str, config: dict) -> None:

@@ -3,7 +3,8 @@
 Trial config = the learner's own config + `learner` (its name in the spec) + `stream` + `seed`.
 One Tune iteration is one `step_round()`. Besides the learner's metrics, each result carries:
   round_s          wall seconds of the round
-  acc_rows         accuracy-matrix rows finished this round: [[trained_task, [acc per task]], ...]
+  acc_rows         accuracy-matrix rows finished this round, of the test and the validation
+                   matrix: [[trained_task, [acc per task], "test" | "val"], ...]
   lifelab_events   population events seen by this trial (exploits), for the events table
   lifelab_worker   on the first result of a trial: node, ray and torch versions
   lifelab_stop     why the trial stopped early (a NaN or infinite train_loss); it ends with `done`
@@ -58,7 +59,7 @@ class LearnerTrainable(tune.Trainable):
         cls = self._learners.get(config["learner"]) or learner_class(config["learner"])
         self.learner = cls(learner_config(cls, config, self.trial_id), device=self._device(),
                            data=self._data)
-        self._rows_sent = 0
+        self._rows_sent = {"test": 0, "val": 0}
         self._events: list[dict] = []
         self._worker_sent = False
 
@@ -75,10 +76,11 @@ class LearnerTrainable(tune.Trainable):
             # a diverged trial stops (it would not recover); the population goes on without it
             result["lifelab_stop"] = (f"train_loss became {loss} at round {self.iteration + 1}: "
                                       "lower the learning rate")
-        rows = self.learner.rows
-        if len(rows) > self._rows_sent:
-            result["acc_rows"] = [[i, rows[i]] for i in range(self._rows_sent, len(rows))]
-            self._rows_sent = len(rows)
+        new_rows = [[i, rows[i], split] for split, rows in self._matrices()
+                    for i in range(self._rows_sent[split], len(rows))]
+        if new_rows:
+            result["acc_rows"] = new_rows
+            self._rows_sent = {split: len(rows) for split, rows in self._matrices()}
         if self._events:
             result["lifelab_events"], self._events = self._events, []
         if not self._worker_sent:
@@ -108,11 +110,14 @@ class LearnerTrainable(tune.Trainable):
             self.learner.adapt(saved["learner"], old_config)
         else:
             self.learner.load_state_dict(saved["learner"])
-        self._rows_sent = len(self.learner.rows)
+        self._rows_sent = {split: len(rows) for split, rows in self._matrices()}
         if saved["trial_id"] != self.trial_id:
             self._events.append({"kind": "exploit", "donor": saved["trial_id"],
                                  "iteration": saved["iteration"], "old_config": old_config,
                                  "new_config": dict(self.config)})
+
+    def _matrices(self) -> list[tuple[str, list]]:
+        return [("test", self.learner.rows), ("val", getattr(self.learner, "val_rows", []))]
 
     def reset_config(self, new_config: dict) -> bool:
         """Reuse this actor for another trial (PBT with reuse_actors=True)."""

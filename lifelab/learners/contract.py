@@ -108,8 +108,9 @@ class Learner(abc.ABC):
     driven by `step_round()` until `done`; `rows` is the accuracy matrix so far on the test split
     (one list per finished task; stays empty for learners without one), `val_rows` the same on
     the validation split. Metrics scored on validation data are named `val_<name>` beside the
-    test metric `<name>`: searches select on them, never on test data. `state_dict()` / `load_state_dict()`
-    must give bit-for-bit continuation and hold only tensors, numbers, strings, lists and dicts
+    test metric `<name>`: searches select on them, never on test data. `state_dict()` /
+    `load_state_dict()` must give bit-for-bit continuation and hold only tensors, numbers,
+    strings, lists and dicts
     (checkpoints are loaded with `torch.load(weights_only=True)`). `adapt(state, old_config)`
     loads a state made under other `adaptable_keys` values (PBT's architecture mutations).
     """

@@ -3,7 +3,7 @@
 Importing the package is cheap (no torch, no ray): the CLI validates specs before heavy imports,
 and the names below load on first use.
 
-    lifelab.sweep / resume / load            run and read sweeps from Python
+    lifelab.sweep / resume / evaluate / load run and read sweeps from Python
     lifelab.Learner, ContinualLearner, Param the contract a researcher's own learner fulfils
     lifelab.register_learner(name, cls)      name it for the sweeps of this process
 """
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "sweep": "lifelab.api", "resume": "lifelab.api", "load": "lifelab.api",
+    "evaluate": "lifelab.api",
     "Learner": "lifelab.learners.contract", "Param": "lifelab.learners.contract",
     "Evaluation": "lifelab.learners.contract",
     "ContinualLearner": "lifelab.learners.base",

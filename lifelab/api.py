@@ -5,6 +5,7 @@
                            storage="sweeps", progress=0)
     tables.leaderboard()
     lifelab.resume("sweeps/try"); lifelab.load("sweeps/try")
+    lifelab.evaluate("sweeps/try", seeds=3)     # the selection re-run on fresh seeds
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def sweep(spec: dict | str | os.PathLike, *, name: str | None = None,
                            f"{type(spec).__name__}")
     sweep_uri, results = run_sweep(resolved, storage=storage, address=address,
                                    progress_s=progress, verbose=verbose)
-    return _tables_or_error(sweep_uri, results)
+    tables = _tables_or_error(sweep_uri, results)
+    if resolved.final:                 # the spec asks for the independent-seed evaluation too
+        evaluate(sweep_uri, seeds=resolved.final["seeds"], address=address, progress=progress)
+    return tables
 
 
 def resume(sweep_dir: str | os.PathLike, *, address: str | None = None) -> SweepTables:
@@ -61,6 +65,19 @@ def resume(sweep_dir: str | os.PathLike, *, address: str | None = None) -> Sweep
     from lifelab.searches.launch import resume_sweep
 
     sweep_uri, results = resume_sweep(os.fspath(sweep_dir), address=address)
+    return _tables_or_error(sweep_uri, results)
+
+
+def evaluate(sweep_dir: str | os.PathLike, *, seeds: int = 3, name: str | None = None,
+             address: str | None = None, progress: float = DEFAULT_PROGRESS_S) -> SweepTables:
+    """Re-run what a finished search selected (its best trial by the validation metric; for
+    PBT, that trial's hyperparameter schedule) from scratch on `seeds` fresh seeds, as the sweep
+    `<search>-eval` next to it; its tables (test metrics over independent runs)."""
+    from lifelab.searches.evaluate import run_evaluation
+    from lifelab.searches.launch import storage_uri
+
+    sweep_uri, results = run_evaluation(storage_uri(os.fspath(sweep_dir)), seeds, name=name,
+                                        address=address, progress_s=progress)
     return _tables_or_error(sweep_uri, results)
 
 

@@ -27,7 +27,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     sweep_uri, results = run_sweep(spec, storage=args.storage, address=args.address,
                                    progress_s=args.progress, verbose=args.verbose)
-    return _finish(sweep_uri, results)
+    code = _finish(sweep_uri, results)
+    if code == 0 and spec.final:
+        code = _evaluate(sweep_uri, spec.final["seeds"], None, args.address, args.progress)
+    return code
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lifelab.searches.launch import storage_uri
+
+    return _evaluate(storage_uri(args.sweep_dir), args.seeds, args.name, args.address,
+                     args.progress)
+
+
+def _evaluate(search_uri: str, seeds: int, name: str | None, address: str | None,
+              progress: float) -> int:
+    from lifelab.analysis.tables import load
+    from lifelab.searches.evaluate import run_evaluation, summary_lines
+
+    print(f"\nevaluating the selection of {search_uri} on {seeds} fresh seeds")
+    uri, results = run_evaluation(search_uri, seeds, name=name, address=address,
+                                  progress_s=progress)
+    code = _finish(uri, results)
+    tables = load(uri)
+    evaluates = tables.spec.get("evaluates") or {}
+    print(f"selected on validation: trial {evaluates.get('trial')} of the search, "
+          f"{evaluates.get('metric')} {evaluates.get('value', float('nan')):.4f}")
+    print("\n".join(summary_lines(tables, str(evaluates.get("metric", "val_acc_avg")))))
+    return code
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -121,6 +148,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 100, got {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         """Usage mistakes too get one line and exit code 2."""
@@ -167,6 +204,18 @@ def _parser() -> argparse.ArgumentParser:
                             "works while a sweep runs")
     status.add_argument("sweep_dir")
     status.set_defaults(command=cmd_status)
+
+    evaluate = sub.add_parser("evaluate", help="re-run what a finished search selected (on "
+                              "validation) from scratch on fresh seeds; report its test metrics "
+                              "as mean ± SEM over them")
+    evaluate.add_argument("sweep_dir", help="the search's sweep dir")
+    evaluate.add_argument("--seeds", type=_positive_int, default=3,
+                          help="independent runs (default 3)")
+    evaluate.add_argument("--name", help="the evaluation sweep's name (default: <search>-eval)")
+    evaluate.add_argument("--address", help="Ray cluster address (default: local)")
+    evaluate.add_argument("--progress", type=_seconds, default=10.0, metavar="SECONDS",
+                          help="seconds between progress tables (0: none; default 10)")
+    evaluate.set_defaults(command=cmd_evaluate)
 
     listing = sub.add_parser("list", help="learners and presets, or one learner's config keys")
     listing.add_argument("learner", nargs="?", help="a learner name or 'module:Class'")

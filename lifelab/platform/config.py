@@ -54,6 +54,20 @@ class SweepSpec:
     resources: dict                     # {cpu: float, gpu: float | "auto"}
     seed: int = 0
     code: list = field(default_factory=list)   # local package folders shipped to the workers
+    # tuning protocol: {kind: validation} or {kind: first_tasks, k: K, seed: S | null}
+    protocol: dict = field(default_factory=lambda: {"kind": "validation"})
+    final: dict = field(default_factory=dict)  # {seeds: N}: evaluate the selection at the end
+    schedule: list = field(default_factory=list)   # [[iteration, {key: value}], ...] to replay
+    evaluates: dict = field(default_factory=dict)  # what an evaluation sweep re-runs (provenance)
+
+    def search_stream(self) -> dict:
+        """The stream the search runs on: the evaluation stream, or under protocol first_tasks
+        its first k tasks (of the same stream, or of one drawn with another seed)."""
+        if self.protocol.get("kind") != "first_tasks":
+            return dict(self.stream)
+        seed = self.protocol.get("seed")
+        return {**self.stream, "tasks": self.protocol["k"],
+                **({"seed": seed} if seed is not None else {})}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +79,8 @@ class SweepSpec:
 
 
 SPEC_KEYS = ("name", "learner", "stream", "config", "search", "stop", "resources", "seed",
-             "code")
+             "code", "protocol", "final", "schedule", "evaluates")
+PROTOCOLS = ("validation", "first_tasks")
 SEARCH_KEYS = tuple(SearchSettings.__dataclass_fields__)
 
 
@@ -150,7 +165,58 @@ def parse_spec(data: dict, default_name: str) -> SweepSpec:
     if not isinstance(code, list) or not all(isinstance(p, str) and p for p in code):
         raise ConfigError("code must be a list of package folders, e.g. code: [./my_package]")
     return SweepSpec(name=name, learner=learner, stream=stream, config=config, search=search,
-                     stop=stop, resources=resources, seed=seed, code=code)
+                     stop=stop, resources=resources, seed=seed, code=code,
+                     protocol=_protocol(data.get("protocol"), stream), final=_final(data),
+                     schedule=_schedule(data.get("schedule")),
+                     evaluates=_mapping("evaluates", data.get("evaluates")))
+
+
+def _protocol(value: Any, stream: dict) -> dict:
+    protocol = {"kind": value} if isinstance(value, str) else _mapping("protocol", value)
+    protocol = {"kind": "validation", **protocol}
+    _one_of("protocol.kind", protocol["kind"], PROTOCOLS)
+    if protocol["kind"] == "validation":
+        _no_unknown("protocol", protocol, ("kind",))
+        return protocol
+    _no_unknown("protocol", protocol, ("kind", "k", "seed"))
+    if "k" not in protocol:
+        raise ConfigError("protocol first_tasks needs k, the number of tasks to tune on: "
+                          "e.g. protocol: {kind: first_tasks, k: 3}")
+    _positive_int("protocol.k", protocol["k"])
+    tasks = stream.get("tasks", 5)
+    if isinstance(tasks, int) and protocol["k"] >= tasks:
+        raise ConfigError(f"protocol.k must be below stream.tasks ({tasks}): the evaluation "
+                          "stream must be longer than the tuning stream")
+    protocol.setdefault("seed", None)
+    if protocol["seed"] is not None:
+        _int("protocol.seed", protocol["seed"], low=0)
+    return protocol
+
+
+def _final(data: dict) -> dict:
+    final = _mapping("final", data.get("final"))
+    _no_unknown("final", final, ("seeds",))
+    if final:
+        _positive_int("final.seeds", final.get("seeds"))
+        if final["seeds"] > 100:
+            raise ConfigError("final.seeds must be at most 100")
+    return final
+
+
+def _schedule(value: Any) -> list:
+    """[[iteration, {key: value}], ...] with strictly increasing iterations from 1."""
+    schedule = value or []
+    if not isinstance(schedule, list):
+        raise ConfigError("schedule must be a list of [iteration, {key: value}] pairs")
+    last = 0
+    for entry in schedule:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2
+                and isinstance(entry[0], int) and not isinstance(entry[0], bool)
+                and isinstance(entry[1], dict) and entry[0] > last):
+            raise ConfigError(f"schedule entry {entry!r} must be [iteration, {{key: value}}] "
+                              "with iterations increasing from 1")
+        last = entry[0]
+    return [[int(it), dict(changes)] for it, changes in schedule]
 
 
 def _search(data: dict) -> SearchSettings:

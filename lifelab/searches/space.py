@@ -32,7 +32,10 @@ def param_space(spec: SweepSpec) -> dict:
         return to_tune(value)
 
     space = {key: convert(value) for key, value in spec.config.items()}
-    space.update(learner=convert(spec.learner), stream=dict(spec.stream), seed=spec.seed)
+    # under protocol first_tasks the search runs on the tuning stream (spec.search_stream)
+    space.update(learner=convert(spec.learner), stream=spec.search_stream(), seed=spec.seed)
+    if spec.schedule:                  # a PBT schedule to replay (an evaluation sweep)
+        space["lifelab_schedule"] = spec.schedule
     return space
 
 

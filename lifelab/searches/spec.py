@@ -94,7 +94,9 @@ def check_learners(spec: SweepSpec) -> None:
             raise ConfigError(f"learner {learner!r} must be a learner name or 'module:Class'")
         classes[learner] = learner_class(learner)
     known = sorted({key for cls in classes.values() for key in cls.params})
-    for where, keys in (("config", spec.config), ("search.mutations", spec.search.mutations)):
+    scheduled = {k: v for _, changes in spec.schedule for k, v in changes.items()}
+    for where, keys in (("config", spec.config), ("search.mutations", spec.search.mutations),
+                        ("schedule", scheduled)):
         for key in keys:
             if key not in known:
                 raise ConfigError(f"{where}.{key} is not a config key of learner "
@@ -106,7 +108,10 @@ def check_learners(spec: SweepSpec) -> None:
                for k, v in spec.config.items() if is_distribution(v)]
     varying += [(f"search.mutations.{k}", k, list(v) if isinstance(v, list)
                  else representative_values(v)) for k, v in spec.search.mutations.items()]
+    varying += [(f"schedule.{it}.{k}", k, [v]) for it, changes in spec.schedule
+                for k, v in changes.items()]
     for learner, cls in classes.items():
+        cls.validate_config({"stream": spec.search_stream(), "seed": spec.seed})
         common = {"stream": spec.stream, "seed": spec.seed}
         cls.validate_config(common)                 # stream errors name stream.<key> themselves
         own = {k: v for k, v in constants.items() if k in cls.params}
@@ -126,6 +131,10 @@ def check_learners(spec: SweepSpec) -> None:
             if key in cls.params:
                 values = list(value) if isinstance(value, list) else representative_values(value)
                 cls.check_mutation(key, values)
+        for key in scheduled:
+            if key in cls.params:
+                cls.check_mutation(key, [own.get(key, cls.params[key].default),
+                                         *(c[key] for _, c in spec.schedule if key in c)])
 
 
 def check_selection(spec: SweepSpec, cls: type, reported: tuple[str, ...]) -> None:

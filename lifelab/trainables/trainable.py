@@ -1,6 +1,9 @@
 """One generic Ray Tune trainable that drives any learner.
 
-Trial config = the learner's own config + `learner` (its name in the spec) + `stream` + `seed`.
+Trial config = the learner's own config + `learner` (its name in the spec) + `stream` + `seed`,
+and in an evaluation sweep `lifelab_schedule`: [[iteration, {key: value}], ...], a PBT schedule
+replayed in one trial (from that training iteration on, those values hold; the learner keeps its
+state across each change, as Tune's PopulationBasedTrainingReplay does for a single trial).
 One Tune iteration is one `step_round()`. Besides the learner's metrics, each result carries:
   round_s          wall seconds of the round
   acc_rows         accuracy-matrix rows finished this round, of the test and the validation
@@ -56,18 +59,50 @@ class LearnerTrainable(tune.Trainable):
         self._build(config)
 
     def _build(self, config: dict) -> None:
-        cls = self._learners.get(config["learner"]) or learner_class(config["learner"])
-        self.learner = cls(learner_config(cls, config, self.trial_id), device=self._device(),
-                           data=self._data)
+        self._schedule = config.get("lifelab_schedule") or []
+        self._make_learner(config)
         self._rows_sent = {"test": 0, "val": 0}
         self._events: list[dict] = []
         self._worker_sent = False
+
+    def _make_learner(self, config: dict) -> None:
+        cls = self._learners.get(config["learner"]) or learner_class(config["learner"])
+        self.learner = cls(learner_config(cls, config, self.trial_id), device=self._device(),
+                           data=self._data)
+        self._learner_config = config
+
+    def _config_at(self, iteration: int) -> dict:
+        """The trial config in force during training iteration `iteration` (1-based)."""
+        config = dict(self.config)
+        for start, changes in self._schedule:
+            if start <= iteration:
+                config.update(changes)
+        return config
+
+    def _switch(self, config: dict) -> None:
+        """Continue the learner's own state under `config` (a scheduled change)."""
+        state, old = self.learner.state_dict(), self._learner_config
+        self._make_learner(config)
+        self._continue(state, old)
+
+    def _continue(self, state: dict, old_config: dict) -> None:
+        """Load a state saved under `old_config`: across architecture keys through `adapt`."""
+        changed = [key for key in self.learner.architecture_keys
+                   if old_config.get(key) != self._learner_config.get(key)]
+        if changed:
+            self.learner.adapt(state, old_config)
+        else:
+            self.learner.load_state_dict(state)
 
     def _device(self) -> str:
         # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned to this trial
         return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
     def step(self) -> dict:
+        if self._schedule:
+            scheduled = self._config_at(self.iteration + 1)
+            if scheduled != self._learner_config:
+                self._switch(scheduled)
         start = time.perf_counter()
         metrics = self.learner.step_round()
         result: dict = {**metrics, "round_s": time.perf_counter() - start}
@@ -92,7 +127,7 @@ class LearnerTrainable(tune.Trainable):
         return result
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        torch.save({"learner": self.learner.state_dict(), "config": self.config,
+        torch.save({"learner": self.learner.state_dict(), "config": self._learner_config,
                     "trial_id": self.trial_id, "iteration": self.iteration},
                    os.path.join(checkpoint_dir, CHECKPOINT_FILE))
 
@@ -104,12 +139,9 @@ class LearnerTrainable(tune.Trainable):
         if old_config.get("learner") != self.config.get("learner"):
             raise ConfigError(f"checkpoint of learner '{old_config.get('learner')}' cannot be "
                               f"loaded into '{self.config.get('learner')}'")
-        changed = [key for key in self.learner.architecture_keys
-                   if old_config.get(key) != self.config.get(key)]
-        if changed:
-            self.learner.adapt(saved["learner"], old_config)
-        else:
-            self.learner.load_state_dict(saved["learner"])
+        if self._schedule:             # continue under the config scheduled for that point
+            self._make_learner(self._config_at(int(saved["iteration"])))
+        self._continue(saved["learner"], old_config)
         self._rows_sent = {split: len(rows) for split, rows in self._matrices()}
         if saved["trial_id"] != self.trial_id:
             self._events.append({"kind": "exploit", "donor": saved["trial_id"],

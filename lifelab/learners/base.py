@@ -64,6 +64,8 @@ class ContinualLearner(Learner):
     metrics: tuple[str, ...] = ("acc_avg", "acc_avg_til", "acc_avg_cil", "bwt", "forgetting",
                                 "tasks_seen", "train_loss", "val_acc_avg", "val_acc_avg_til",
                                 "val_acc_avg_cil", "val_bwt", "val_forgetting")
+    #: defined from the second finished task on: not in every round, so no search selects on them
+    partial_metrics = ("bwt", "forgetting", "val_bwt", "val_forgetting")
     #: keys whose change alters parameter shapes (an `adapt` is needed to load across them)
     architecture_keys: tuple[str, ...] = ("hidden",)
 

@@ -19,6 +19,8 @@ from lifelab.errors import ConfigError
 
 #: keys every learner config may hold besides its own parameters
 COMMON_KEYS = ("stream", "seed")
+#: the widest layer a list Param accepts: wider ones cannot fit in memory with their neighbours
+MAX_LAYER = 65_536
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,14 @@ class Param:
         ConfigError naming `owner`'s key otherwise."""
         where = f"{owner} config '{key}'"
         if self.kind is list:
-            if (not isinstance(value, (list, tuple)) or not value
+            if (not isinstance(value, (list, tuple)) or not value or len(value) > 64
                     or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                for v in value)):
-                raise ConfigError(f"{where} must be a non-empty list of positive integers "
-                                  f"(layer sizes), got {value!r}")
+                raise ConfigError(f"{where} must be a non-empty list of at most 64 positive "
+                                  f"integers (layer sizes), got {value!r}")
+            if max(value) > MAX_LAYER:
+                raise ConfigError(f"{where} has a layer of {max(value)} units, more than memory "
+                                  f"holds with its neighbours: use at most {MAX_LAYER}")
             return list(value)
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -97,7 +102,7 @@ class Learner(abc.ABC):
       name               the name a spec uses (also how the learner's errors name it)
       params             {key: Param}: every config key, its default, type, range and doc
       metrics            names `step_round` reports (lower_snake_case); a search may select on
-                         any of them
+                         any of them but `partial_metrics`, those missing from early rounds
       architecture_keys  keys whose change alters parameter shapes
       adaptable_keys     the architecture keys `adapt` can cross (PBT may mutate only these)
     The first line of the class docstring is the learner's description in `lifelab list`.
@@ -118,6 +123,7 @@ class Learner(abc.ABC):
     name: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
     metrics: ClassVar[tuple[str, ...]] = ()
+    partial_metrics: ClassVar[tuple[str, ...]] = ()
     architecture_keys: ClassVar[tuple[str, ...]] = ()
     adaptable_keys: ClassVar[tuple[str, ...]] = ()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 
 from lifelab.errors import ClusterError
@@ -24,6 +25,8 @@ def connect(address: str | None = None, num_cpus: int | None = None,
         # (a notebook's or a test's Ray: its workers see the code only if it was started with it)
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address not in ("auto", "local") and "://" not in address:
+        _reachable(address)
     runtime_env = {"py_modules": list(code)} if code else None
     try:
         if address is None:
@@ -52,3 +55,33 @@ def gpus_per_trial(cpus_per_trial: float) -> float:
         return 0.0
     trials_per_gpu = max(1, int(cpus / gpus // cpus_per_trial))
     return 1.0 / trials_per_gpu
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not after Ray's minutes of reconnecting, when nothing listens there."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"cannot reach a Ray cluster at {address} ({exc}): start it (`ray up "
+                           "cluster.yaml` or `ray start --head`) or check the address") from None
+
+
+def check_resources(cpu: float, gpu: float | str, address: str | None) -> None:
+    """Refuse a per-trial request no node can ever satisfy, instead of waiting forever. On an
+    embedded Ray the nodes are all there is; a cluster may autoscale to nodes not yet started,
+    so there the request is left to the cluster."""
+    import ray
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    gpus = 0.0 if gpu == "auto" else float(gpu)
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpus for n in nodes):
+        return
+    most_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+    most_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+    raise ClusterError(f"no node can run a trial of {cpu:g} CPU and {gpus:g} GPU (this machine "
+                       f"has {most_cpu:g} CPU, {most_gpu:g} GPU): lower resources.cpu / "
+                       "resources.gpu, or run on a cluster (--address) that has them")

@@ -15,12 +15,15 @@ from typing import Any
 import yaml
 
 from lifelab.errors import ConfigError
+from lifelab.platform.yamlsafe import check_depth, load_yaml
 
 SCHEDULERS = ("fifo", "pbt", "pb2", "asha")
 POPULATION_SCHEDULERS = ("pbt", "pb2")   # exploit/explore with mutations
 SEARCHERS = ("random", "optuna", "grid")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")   # fullmatch: no path, no newline
+MAX_SAMPLES = 10_000      # trials a sweep may ask for (each one is an actor and a checkpoint)
+MAX_SEED = 2**62          # seeds of trials (seed + index) stay within torch's 64-bit range
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"spec file {path} {what}: give a preset name "
                           "(see `lifelab list`) or the path of a YAML spec")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""
@@ -112,14 +115,15 @@ def parse_spec(data: dict, default_name: str) -> SweepSpec:
     if not isinstance(data, dict):
         raise ConfigError(f"a spec must be a mapping with keys {', '.join(SPEC_KEYS)}, "
                           f"got {type(data).__name__}")
+    check_depth(data)
     _no_unknown("spec", data, SPEC_KEYS)
     if "learner" not in data:
         raise ConfigError("spec has no 'learner': name one (see `lifelab list`) "
                           "or give {choice: [...]}")
     name = data.get("name", default_name)
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ConfigError(f"name {name!r} is not a valid sweep name: use letters, digits, "
-                          "'-', '_' or '.'")
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"name {name!r} is not a valid sweep name: use up to 100 letters, "
+                          "digits, '-', '_' or '.', starting with a letter or digit")
     learner = data["learner"]
     if isinstance(learner, dict):
         check_distribution("learner", learner, allowed=("choice", "grid"))
@@ -147,7 +151,7 @@ def parse_spec(data: dict, default_name: str) -> SweepSpec:
     if resources["gpu"] != "auto":
         _number("resources.gpu", resources["gpu"], low=0)
     seed = data.get("seed", 0)
-    _int("seed", seed, low=0)
+    _int("seed", seed, low=0, high=MAX_SEED)
     grids = [f"config.{k}" for k, v in config.items() if is_distribution(v) and "grid" in v]
     grids += ["learner"] if isinstance(learner, dict) and "grid" in learner else []
     if search.searcher == "optuna" and grids:
@@ -228,6 +232,9 @@ def _search(data: dict) -> SearchSettings:
     if not isinstance(search.metric, str) or not search.metric:
         raise ConfigError("search.metric must be a metric name such as val_acc_avg")
     _positive_int("search.samples", search.samples)
+    if search.samples > MAX_SAMPLES:
+        raise ConfigError(f"search.samples {search.samples} is more than {MAX_SAMPLES} trials: "
+                          "lower it (or run several sweeps)")
     _positive_int("search.perturbation_interval", search.perturbation_interval)
     _positive_int("search.grace_period", search.grace_period)
     _number("search.quantile_fraction", search.quantile_fraction, low=0, high=0.5, strict=True)
@@ -347,9 +354,11 @@ def _number(where: str, value: Any, low: float | None = None, high: float | None
         raise ConfigError(f"{where} must be a number{bound}, got {value!r}")
 
 
-def _int(where: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{where} must be an integer >= {low}, got {value!r}")
+def _int(where: str, value: Any, low: int, high: int | None = None) -> None:
+    if (not isinstance(value, int) or isinstance(value, bool) or value < low
+            or (high is not None and value > high)):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{where} must be an integer {bound}, got {value!r}")
 
 
 def _positive_int(where: str, value: Any) -> None:

@@ -11,12 +11,12 @@ import os
 import pyarrow.fs as pafs
 import yaml
 
-from lifelab.errors import StorageError
-from lifelab.platform.cluster import connect, gpus_per_trial
+from lifelab.errors import LifelabError, StorageError
+from lifelab.platform.cluster import check_resources, connect, gpus_per_trial
 from lifelab.platform.config import SweepSpec, parse_spec
 from lifelab.platform.data import Dataset, load_stream_dataset
 from lifelab.platform.store import SPEC_FILE, join, read_spec, resolve
-from lifelab.platform.streams import StreamConfig
+from lifelab.platform.streams import StreamConfig, build_stream
 from lifelab.searches.progress import DEFAULT_INTERVAL_S, ProgressCallback
 from lifelab.searches.recording import RecordingCallback
 from lifelab.searches.schedulers import build_scheduler, build_searcher
@@ -53,15 +53,28 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
         raise StorageError(f"sweep '{spec.name}' already exists at {sweep_uri}: continue it with "
                            f"`lifelab resume {sweep_uri}` or choose another --name")
     data = _dataset(spec)                      # a missing dataset fails before anything is written
+    for stream in (spec.search_stream(), spec.stream):   # e.g. more classes than the dataset has
+        build_stream(StreamConfig.from_dict(stream), data)
+    existed = _exists(fs, path)
     try:
         fs.create_dir(path, recursive=True)
+    except OSError as exc:
+        raise StorageError(f"cannot write to storage {sweep_uri} ({exc}): choose a writable "
+                           "--storage") from None
+    try:                                       # a cluster that cannot run it leaves nothing
+        connect(address, code=spec.code)
+        check_resources(spec.resources["cpu"], spec.resources["gpu"], address)
+    except LifelabError:
+        if not existed:
+            fs.delete_dir(path)
+        raise
+    try:
         with fs.open_output_stream(spec_path + ".tmp") as out:
             out.write(yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
         fs.move(spec_path + ".tmp", spec_path)
     except OSError as exc:
         raise StorageError(f"cannot write to storage {sweep_uri} ({exc}): choose a writable "
                            "--storage") from None
-    connect(address, code=spec.code)
     _tune_environment(verbose)
     return sweep_uri, _tuner(spec, sweep_uri, data, reuse_actors, progress_s, verbose).fit()
 

@@ -11,8 +11,6 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from lifelab.errors import ConfigError
 from lifelab.platform.config import (
     SweepSpec,
@@ -21,6 +19,7 @@ from lifelab.platform.config import (
     read_yaml,
     representative_values,
 )
+from lifelab.platform.yamlsafe import load_yaml
 from lifelab.trainables.registry import learner_class
 
 TRAINABLE_METRICS = ("round_s",)
@@ -35,7 +34,7 @@ def load_spec(source: str, name: str | None = None, samples: int | None = None) 
     """A preset name or a YAML path -> a validated spec, with CLI overrides applied."""
     if source in preset_names():
         text = (resources.files("lifelab.searches") / "presets" / f"{source}.yaml").read_text()
-        data, default_name = yaml.safe_load(text), source
+        data, default_name = load_yaml(text), source
     elif source.endswith((".yaml", ".yml")) or Path(source).exists():
         data, default_name = read_yaml(source), Path(source).stem
         data = with_absolute_code(data, Path(source).resolve().parent)
@@ -126,6 +125,11 @@ def check_learners(spec: SweepSpec) -> None:
         if spec.search.metric not in reported:
             raise ConfigError(f"search.metric '{spec.search.metric}' is not reported by learner "
                               f"'{learner}': use one of {', '.join(reported)}")
+        if spec.search.metric in cls.partial_metrics:
+            raise ConfigError(f"search.metric '{spec.search.metric}' is reported by learner "
+                              f"'{learner}' only from its second finished task, but a search "
+                              "compares every round: select on val_acc_avg (and read "
+                              f"{spec.search.metric} in the report)")
         check_selection(spec, cls, reported)
         for key, value in spec.search.mutations.items():
             if key in cls.params:

@@ -9,19 +9,37 @@ from lifelab.errors import LifelabError
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lifelab.platform.cluster import reap_dead_sessions, shutdown
+
     args = _parser().parse_args(argv)
+    reaped = reap_dead_sessions()      # what a killed lifelab (and its watchdog) left behind
+    if reaped:
+        print(f"lifelab: stopped the Ray left by {len(reaped)} killed lifelab run(s) and "
+              f"removed {', '.join(reaped)}", file=sys.stderr)
     try:
         return args.command(args) or 0
     except LifelabError as exc:
         # one line even when the message wraps a multi-line OS / pyarrow / Ray message
         print(f"lifelab: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("lifelab: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        shutdown()                     # the embedded Ray this command started, and its temp dir
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from lifelab.searches.spec import load_spec
 
-    spec = load_spec(args.spec, name=args.name, samples=args.samples)   # validated before Ray
+    spec = load_spec(args.spec, name=args.name, samples=args.samples,   # validated before Ray
+                     seed=args.seed)
+    if args.logger:                    # --logger NAME (repeated) replaces the spec's loggers
+        from dataclasses import replace
+
+        from lifelab.platform.config import check_loggers
+
+        spec = replace(spec, loggers=check_loggers(args.logger))
 
     from lifelab.searches.launch import run_sweep
 
@@ -60,7 +78,8 @@ def _evaluate(search_uri: str, seeds: int, name: str | None, address: str | None
 def cmd_resume(args: argparse.Namespace) -> int:
     from lifelab.searches.launch import resume_sweep
 
-    sweep_uri, results = resume_sweep(args.sweep_dir, address=args.address)
+    sweep_uri, results = resume_sweep(args.sweep_dir, address=args.address,
+                                      verbose=args.verbose)
     return _finish(sweep_uri, results)
 
 
@@ -128,6 +147,11 @@ def learner_text(cls: type) -> str:
 def _finish(sweep_uri: str, results) -> int:
     errors = sum(1 for r in results if r.error)
     print(f"\nsweep finished: {len(results)} trials, {errors} errored")
+    for result in results:             # why, in one line each (Ray's tracebacks are hidden)
+        if result.error:
+            lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
+            trial = result.metrics.get("trial_id") or result.path.rstrip("/").split("/")[-1]
+            print(f"  trial {trial}: {lines[-1] if lines else type(result.error).__name__}")
     print(f"results: {sweep_uri}/results  (tables: trials, metrics, accuracy, events)")
     print("read them with pandas:")
     print(f"  python -c \"import pandas as pd; "
@@ -165,6 +189,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from lifelab.platform.config import LOGGERS
+
     parser = _Parser(prog="lifelab", description=__doc__.split(":")[1].strip())
     sub = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -176,15 +202,22 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="Ray cluster address, e.g. auto (default: $RAY_ADDRESS "
                        "or an embedded local Ray)")
     sweep.add_argument("--samples", type=int, help="override search.samples")
+    sweep.add_argument("--seed", type=int, help="override the spec's seed")
     sweep.add_argument("--progress", type=_seconds, default=10.0, metavar="SECONDS",
                        help="seconds between progress tables: each trial's metric and the "
                        "parameters PBT mutates (0: none; default 10)")
-    sweep.add_argument("--verbose", action="store_true", help="also show Ray Tune's output")
+    sweep.add_argument("--logger", action="append", choices=LOGGERS, metavar="NAME",
+                       help=f"an experiment tracker: {', '.join(LOGGERS)}; repeat it for "
+                       "several (replaces the spec's loggers; default: tensorboard)")
+    sweep.add_argument("--verbose", action="store_true", help="also show Ray's and Ray Tune's "
+                       "output")
     sweep.set_defaults(command=cmd_sweep)
 
     resume = sub.add_parser("resume", help="continue an interrupted sweep")
     resume.add_argument("sweep_dir", help="the sweep dir printed by `lifelab sweep`")
     resume.add_argument("--address", help="Ray cluster address (default: local)")
+    resume.add_argument("--verbose", action="store_true", help="also show Ray's and Ray Tune's "
+                        "output")
     resume.set_defaults(command=cmd_resume)
 
     report = sub.add_parser("report", help="summary tables, leaderboard and plots of a sweep: "
@@ -200,7 +233,8 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: ./lifelab-compare)")
     compare.set_defaults(command=cmd_compare)
 
-    status = sub.add_parser("status", help="trials, iterations, best metric, errors; "
+    status = sub.add_parser("status", help="trials, iterations, the selection metric (its test "
+                            "twin beside it), errors; "
                             "works while a sweep runs")
     status.add_argument("sweep_dir")
     status.set_defaults(command=cmd_status)

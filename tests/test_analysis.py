@@ -1,10 +1,12 @@
 """lifelab.analysis on stores built directly with ResultStore (no Ray): typed tables, several
-sweeps, CL summaries, a simulated PBT lineage checked against its ground truth, schedules, plots.
+sweeps, CL summaries, a simulated PBT lineage checked against its ground truth, schedules, plots,
+selection on validation with test numbers beside it, and ± only over independent runs.
 
 `PBTSim` plays a population the way the trainable and the recording callback write it: each
-round appends the trial's metrics and the matrix row it finished; an exploit copies the donor's
-state (rows, iteration) and records an event (donor checkpoint iteration, donor config, new
-config); the accuracy table only ever gets rows a trial computed itself.
+round appends the trial's metrics (test and `val_` twins) and the test and validation matrix rows
+it finished; an exploit copies the donor's state (both matrices, iteration) and records an event
+(donor checkpoint iteration, donor config, new config); the accuracy table only ever gets rows a
+trial computed itself.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def write_spec(sweep_dir, name, **overrides) -> str:
     spec = {"name": name, "learner": {"grid": ["finetune", "joint"]},
             "stream": {"dataset": "mnist5k", "kind": "permuted", "tasks": 6},
             "config": {"lr": {"loguniform": [1e-4, 1e-2]}},
-            "search": {"scheduler": "pbt", "metric": "acc_avg", "mode": "max",
+            "search": {"scheduler": "pbt", "metric": "val_acc_avg", "mode": "max",
                        "mutations": {"lr": {"loguniform": [1e-4, 1e-2]}}},
             "stop": {"rounds": 6}, "seed": 0, **overrides}
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,7 @@ class PBTSim:
         self.rng = np.random.default_rng(seed)
         self.clock = 1000.0
         self.learner = learners
-        self.state = {t: {"it": 0, "rows": [], "history": {},
+        self.state = {t: {"it": 0, "rows": [], "val_rows": [], "history": {},
                           "config": {"learner": lr, "lr": 0.001 * (i + 1), "hidden": [8],
                                      "seed": 0, "stream": {"tasks": 6, "seed": 0}}}
                       for i, (t, lr) in enumerate(learners.items())}
@@ -69,10 +71,14 @@ class PBTSim:
             s["it"] += 1
             row = [float(x) for x in np.round(self.rng.uniform(0.2, 1.0, len(s["rows"]) + 1),
                                               3)]
+            val_row = [float(x) for x in np.round(self.rng.uniform(0.2, 1.0, len(row)), 3)]
             s["rows"].append(row)
+            s["val_rows"].append(val_row)
             s["history"][s["it"]] = (trial, s["config"]["lr"])
             self.live_config[trial][s["it"]] = s["config"]["lr"]
             summary = clm.summarize(s["rows"])
+            summary.update({f"val_{k}": v for k, v in clm.summarize(s["val_rows"]).items()
+                            if k != "tasks_seen"})
             summary["train_loss"] = 1.0 / s["it"]
             self.store.append("metrics", [
                 {"sweep": self.name, "trial_id": trial, "iteration": s["it"],
@@ -80,8 +86,9 @@ class PBTSim:
                 for k, v in summary.items()])
             self.store.append("accuracy", [
                 {"sweep": self.name, "trial_id": trial, "iteration": s["it"],
-                 "trained_task": len(s["rows"]) - 1, "eval_task": j, "accuracy": a}
-                for j, a in enumerate(row)])
+                 "trained_task": len(s["rows"]) - 1, "eval_task": j, "accuracy": a,
+                 "split": split}
+                for split, r in (("test", row), ("val", val_row)) for j, a in enumerate(r)])
 
     def exploit(self, child, donor, lr):
         c, d = self.state[child], self.state[donor]
@@ -92,6 +99,7 @@ class PBTSim:
             "donor": donor, "old_config_json": json.dumps(d["config"], sort_keys=True),
             "new_config_json": json.dumps(new, sort_keys=True), "time": self.clock}])
         c["rows"], c["it"] = copy.deepcopy(d["rows"]), d["it"]
+        c["val_rows"] = copy.deepcopy(d["val_rows"])
         c["history"] = {i: h for i, h in d["history"].items() if i <= d["it"]}
         c["config"] = new
 
@@ -104,11 +112,11 @@ class PBTSim:
         return self.uri
 
 
-def simulate(sweep_dir, compact=True) -> PBTSim:
+def simulate(sweep_dir, compact=True, name="syn", seed=0) -> PBTSim:
     """A, B finetune; C, D joint; six rounds (one task each), exploits at rounds 2 and 4 with a
     cycle (B copies A, later A copies B) and a trial sent back in time (C at round 5 copies D's
     round-4 checkpoint and repeats round 5)."""
-    sim = PBTSim(sweep_dir)
+    sim = PBTSim(sweep_dir, name=name, seed=seed)
     for t in "ABCD":
         sim.step(t, 2)
     sim.exploit("B", "A", lr=0.0042)
@@ -144,7 +152,7 @@ def test_load_gives_typed_tables_with_flat_config(sim):
     assert set(t.metrics.sweep) == {"syn"}
     # one live row per key, the same rows as the store's own reader
     raw = ResultStore(sim.uri).read("metrics")
-    assert len(t.metrics) == len(raw) == 4 * 6 * 5
+    assert len(t.metrics) == len(raw) == 4 * 6 * 8      # 5 metrics and 3 val_ twins
     assert not t.metrics.duplicated(["trial_id", "iteration", "name"]).any()
 
 
@@ -285,9 +293,11 @@ def test_family_tree_lists_each_exploit_with_its_changes(sim):
 
 def seeded_sweep(tmp_path, name="seeds", seed=0, finals=None):
     """A fifo sweep: two lrs x three trials differing only by seed, plus one joint trial; each
-    trial's 2-task matrix given, so every summary is known."""
-    uri = write_spec(tmp_path / name, name, search={"scheduler": "fifo", "metric": "acc_avg",
-                                                   "mode": "max"}, seed=seed)
+    trial's 2-task test and validation matrices given, so every summary is known. Validation
+    ranks the trials in the reverse order of test (trial 0 best on val, trial 6 on test)."""
+    uri = write_spec(tmp_path / name, name, search={"scheduler": "fifo",
+                                                   "metric": "val_acc_avg", "mode": "max"},
+                     seed=seed)
     store = ResultStore(uri, run=1)
     finals = finals or {}
     trials, acc, metrics = [], [], []
@@ -296,15 +306,18 @@ def seeded_sweep(tmp_path, name="seeds", seed=0, finals=None):
                                       + [("joint", 0.1)]):
         tid = f"{name}_{i:05d}"
         R = [[0.9], [finals.get(i, 0.5 + 0.05 * i), 0.8 + 0.01 * i]]
+        V = [[0.85], [0.9 - 0.05 * i, 0.7]]
         matrices[tid] = R
         trials.append(trial_row(name, tid, learner, seed + i,
                                 {"learner": learner, "lr": lr, "seed": seed,
                                  "stream": {"tasks": 2}}, iterations=2))
-        for it, row in enumerate(R, start=1):
+        for it, (row, val) in enumerate(zip(R, V, strict=True), start=1):
             acc += [{"sweep": name, "trial_id": tid, "iteration": it, "trained_task": it - 1,
-                     "eval_task": j, "accuracy": a} for j, a in enumerate(row)]
+                     "eval_task": j, "accuracy": a, "split": split}
+                    for split, r in (("test", row), ("val", val)) for j, a in enumerate(r)]
             metrics += [{"sweep": name, "trial_id": tid, "iteration": it, "time_s": 1.0,
-                         "name": "acc_avg", "value": float(np.mean(row))}]
+                         "name": metric, "value": float(np.mean(r))}
+                        for metric, r in (("acc_avg", row), ("val_acc_avg", val))]
     store.append("trials", trials)
     store.append("accuracy", acc)
     store.append("metrics", metrics)
@@ -321,7 +334,9 @@ def test_trial_summary_uses_platform_metrics_and_joint_reference(tmp_path):
         assert s.forgetting[tid] == pytest.approx(clm.forgetting(R))
         assert s.intransigence[tid] == pytest.approx(clm.intransigence(R, ref))
         assert math.isnan(s.fwt[tid])                  # no R[j-1, j], no reported fwt
-        assert s.score[tid] == pytest.approx(np.mean(R[1]))
+        assert s.test_score[tid] == pytest.approx(np.mean(R[1]))     # reported: test
+        assert s.score[tid] == pytest.approx(np.mean([0.9 - 0.05 * int(tid[-1]), 0.7]))
+    assert set(s.metric) == {"val_acc_avg"} and set(s.test_metric) == {"acc_avg"}
     s = analysis.load(uri).summary(reference=None)
     assert s.intransigence.isna().all()
 
@@ -352,7 +367,9 @@ def test_groups_of_seeds_give_mean_and_sem(tmp_path):
     assert g.n == 3
     assert g.final_acc_mean == pytest.approx(np.mean(finals))
     assert g.final_acc_sem == pytest.approx(np.std(finals, ddof=1) / math.sqrt(3))
-    assert list(groups.index) == ["joint lr=0.1", "finetune lr=0.01", "finetune lr=0.1"]
+    # best group first by the validation score, whatever test says
+    assert list(groups.index) == ["finetune lr=0.1", "finetune lr=0.01", "joint lr=0.1"]
+    assert groups.test_score_mean.is_monotonic_increasing
     assert groups.n["joint lr=0.1"] == 1 and math.isnan(groups.final_acc_sem["joint lr=0.1"])
 
 
@@ -366,16 +383,14 @@ def test_groups_span_sweeps_that_differ_only_by_seed(tmp_path):
     assert len(per_sweep) == 6 and set(per_sweep.n) == {3, 1}
 
 
-def test_pbt_groups_are_learner_populations(sim):
-    groups = analysis.load(sim.uri).groups()
-    assert sorted(groups.group) == ["finetune", "joint"] and set(groups.n) == {2}
-
-
 def test_leaderboard_ranks_by_the_sweeps_metric_and_mode(tmp_path):
     uri, _ = seeded_sweep(tmp_path)
     board = analysis.load(uri).leaderboard()
     assert board["rank"].tolist() == list(range(1, 8))
     assert board.score.is_monotonic_decreasing
+    # ranked on validation, the test numbers beside it (here in the opposite order)
+    assert board.trial_id.tolist() == [f"seeds_{i:05d}" for i in range(7)]
+    assert board.test_score.is_monotonic_increasing and board.final_acc.is_monotonic_increasing
     spec_path = tmp_path / "seeds" / "spec.yaml"
     spec = yaml.safe_load(spec_path.read_text())
     spec["search"]["mode"] = "min"

@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 from test_analysis import seeded_sweep, simulate, trial_row, write_spec
 
 from lifelab import analysis
@@ -140,14 +141,19 @@ def test_report_renders_tables_and_plots_in_chromium(chromium, pbt_sweep, tmp_pa
     assert_self_contained(dom)
     board = assert_table(dom, "table-leaderboard", rows=4)
     head = board["head"]
-    assert head[:3] == ["rank", "trial_id", "learner"] and "acc_avg" in head
-    scores = [float(row[head.index("acc_avg")]) for row in board["rows"]]
+    assert head[:3] == ["rank", "trial_id", "learner"]
+    # ranked by what was selected on (validation), the test twin right beside it
+    assert head.index("acc_avg") == head.index("val_acc_avg") + 1
+    scores = [float(row[head.index("val_acc_avg")]) for row in board["rows"]]
     assert scores == sorted(scores, reverse=True)
-    best = max(pbt_sweep.state, key=lambda t: sum(pbt_sweep.state[t]["rows"][-1]))
+    best = max(pbt_sweep.state, key=lambda t: sum(pbt_sweep.state[t]["val_rows"][-1]))
     assert board["rows"][0][1] == best
     groups = assert_table(dom, "table-groups", rows=2)
     assert {row[0] for row in groups["rows"]} == {"finetune", "joint"}
-    assert all("±" in row[groups["head"].index("final_acc")] for row in groups["rows"])
+    # one PBT sweep: each population is one run, its selected member: no ±
+    assert [row[groups["head"].index("n")] for row in groups["rows"]] == ["1", "1"]
+    assert not any("±" in cell for row in groups["rows"] for cell in row)
+    assert "selection" in dom.ids and "select-on-test" not in dom.ids
     assert_table(dom, "table-lineage")
     assert_table(dom, "table-exploits", rows=4)
     assert_table(dom, "table-trials", rows=4)
@@ -266,3 +272,38 @@ def test_a_sweep_without_accuracy_rows_still_gets_a_leaderboard_and_curves(tmp_p
     assert [row[1] for row in board["rows"]] == ["o2", "o1", "o0"]      # mode min
     assert board["rows"][0][board["head"].index("final_acc")] == "–"
     assert len(dom.images) == 1 and "fig-learning_curves" in dom.ids
+
+
+def test_text_report_separates_selection_from_reporting(pbt_sweep):
+    lines = analysis.text_report(analysis.load(pbt_sweep.uri)).splitlines()
+    assert lines[0].startswith("sweep syn — 4 trials") and "TEST DATA" not in lines[0]
+    assert lines[1].startswith("Selected on: val_acc_avg (max; validation split")
+    assert lines[2].startswith("Reported: acc_avg beside it, and final_acc") and "test" in lines[2]
+    board = lines[lines.index("All trials, best first:") + 1:]
+    head = board[0].split()
+    assert head[4:6] == ["val_acc_avg", "acc_avg"]
+    vals = [float(row.split()[4]) for row in board[1:5]]
+    assert vals == sorted(vals, reverse=True)
+
+
+def test_a_sweep_that_selected_on_test_says_so_in_the_first_line(tmp_path):
+    uri, _ = seeded_sweep(tmp_path)
+    spec_path = Path(uri) / "spec.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["search"].update(metric="acc_avg", select_on_test=True)
+    spec_path.write_text(yaml.safe_dump(spec))
+    path, text = write_report(uri, out=str(tmp_path / "out"))
+    first = text.splitlines()[0]
+    assert first.startswith("SELECTED ON TEST DATA") and "select_on_test" in first
+    assert "acc_avg" in first
+    page = path.read_text()
+    body = page[page.index("<main>") + len("<main>"):].lstrip()
+    assert body.startswith('<p class="warn" id="select-on-test">SELECTED ON TEST DATA')
+    # ranked on the test metric it selected on; no duplicate test column beside it
+    board = Dom(page).tables["table-leaderboard"]
+    assert board["head"].count("acc_avg") == 1 and "val_acc_avg" not in board["head"]
+    assert text.splitlines()[2].startswith("Selected on: acc_avg (max; test split")
+    # a sweep that selected on validation has no such line
+    spec["search"].update(metric="val_acc_avg", select_on_test=False)
+    spec_path.write_text(yaml.safe_dump(spec))
+    assert "TEST DATA" not in write_report(uri, out=str(tmp_path / "out2"))[1]

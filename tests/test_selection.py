@@ -63,7 +63,7 @@ def test_the_default_selects_on_validation():
     assert spec_from_dict(spec()).search.metric == "val_acc_avg"
 
 
-@pytest.mark.parametrize("metric", ["acc_avg", "bwt", "acc_avg_cil"])
+@pytest.mark.parametrize("metric", ["acc_avg", "acc_avg_til", "acc_avg_cil"])
 def test_a_test_metric_is_refused_naming_its_validation_twin(metric):
     with pytest.raises(ConfigError, match=f"'{metric}' is scored on test data: select on "
                                           f"'val_{metric}'"):

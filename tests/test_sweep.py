@@ -62,12 +62,12 @@ def test_metrics_hold_one_row_per_trial_iteration_and_metric(sweep):
 def test_accuracy_rows_are_the_matrix_rows_of_finished_tasks(sweep):
     sweep_uri, *_ = sweep
     acc = pd.read_parquet(f"{sweep_uri}/results/accuracy")
-    assert set(acc.trained_task) == {0, 1}
+    assert set(acc.trained_task) == {0, 1} and set(acc.split) == {"test", "val"}
     assert (acc.eval_task <= acc.trained_task).all()
     assert acc.accuracy.between(0, 1).all()
-    # task 1 finishes at round 4 in every trial: a full row of 2 entries each
+    # task 1 finishes at round 4 in every trial: a full row of 2 entries each, per split
     last = acc[acc.trained_task == 1]
-    assert len(last) == 4 * 2 and set(last.iteration) == {ROUNDS}
+    assert len(last) == 4 * 2 * 2 and set(last.iteration) == {ROUNDS}
 
 
 def test_pbt_exploits_only_within_each_learners_population(sweep):
@@ -85,11 +85,12 @@ def test_report_ranks_trials_by_the_sweep_metric(sweep):
     sweep_uri, *_ = sweep
     report = text_report(sweep_uri)
     assert "Best trial per learner" in report and "finetune" in report and "joint" in report
+    assert report.splitlines()[1].startswith("Selected on: val_acc_avg")
     metrics = pd.read_parquet(f"{sweep_uri}/results/metrics")
-    final = metrics[(metrics.name == "acc_avg") & (metrics.iteration == ROUNDS)]
-    best = final.sort_values("value").trial_id.iloc[-1]
+    final = metrics[(metrics.name == "val_acc_avg") & (metrics.iteration == ROUNDS)]
     ranked = report.split("All trials, best first:")[1].splitlines()
-    assert ranked[2].split()[0] == best          # header, then the best trial
+    top = ranked[2].split()[0]                   # header, then the best trial
+    assert final.set_index("trial_id").value[top] == final.value.max()
 
 
 def test_asha_with_optuna_tpe_runs_and_records(ray_session, short_tmp):
@@ -128,15 +129,25 @@ def test_a_diverging_trial_stops_with_its_reason_and_the_others_finish(ray_sessi
     assert "train_loss became" in error and "lower the learning rate" in error
 
 
-def test_status_shows_each_trial_with_its_best_metric(sweep):
+def last_values(sweep_uri, name) -> pd.Series:
+    metrics = pd.read_parquet(f"{sweep_uri}/results/metrics")
+    return metrics[metrics.name == name].sort_values("iteration").groupby("trial_id").value.last()
+
+
+def test_status_shows_each_trial_at_the_end_of_its_stream(sweep):
     sweep_uri, *_ = sweep
     table = sweep_status(sweep_uri)
-    metrics = pd.read_parquet(f"{sweep_uri}/results/metrics")
-    best = metrics[metrics.name == "acc_avg"].groupby("trial_id").value.max()
     assert len(table) == 4 and set(table.status) == {"TERMINATED"}
     assert (table.iteration == ROUNDS).all()
-    assert table.set_index("trial_id").best_acc_avg.to_dict() == best.to_dict()
-    assert "4 trials (4 terminated)" in status_text(sweep_uri)
+    # the selection metric at the end of the stream (not its best round), the test twin beside
+    assert list(table.columns[3:6]) == ["iteration", "val_acc_avg", "acc_avg"]
+    assert not [c for c in table if c.startswith("best")]
+    by_trial = table.set_index("trial_id")
+    assert by_trial.val_acc_avg.to_dict() == last_values(sweep_uri, "val_acc_avg").to_dict()
+    assert by_trial.acc_avg.to_dict() == last_values(sweep_uri, "acc_avg").to_dict()
+    assert table.val_acc_avg.is_monotonic_decreasing
+    text = status_text(sweep_uri)
+    assert "4 trials (4 terminated); ranked by val_acc_avg (max), acc_avg beside it" in text
 
 
 def test_pb2_explores_within_its_bounds(ray_session, short_tmp):
@@ -174,18 +185,21 @@ def test_progress_tables_show_the_metric_and_the_mutated_parameters(sweep):
     tables = [t for t in printed.split("\ntiny-pbt: ")[1:]]
     assert len(tables) >= 2, printed        # while it runs, and once at the end
     final = tables[-1].splitlines()
-    assert final[0].startswith("4 trials (4 terminated), acc_avg (max)")
+    assert final[0].startswith("4 trials (4 terminated), val_acc_avg (max), acc_avg beside it")
     header = final[1].split()
-    assert header[:4] == ["trial", "status", "round", "acc_avg"]
+    assert header[:5] == ["trial", "status", "round", "val_acc_avg", "acc_avg"]
     assert header[-2:] == ["learner", "lr"]
     rows = [line.split() for line in itertools.takewhile(str.strip, final[2:])]
     assert len(rows) == 4, printed
-    metrics = pd.read_parquet(f"{sweep_uri}/results/metrics")
-    best = metrics[metrics.name == "acc_avg"].groupby("trial_id").value.max()
+    # ranked by the selection metric at the end of the stream, not by its best round
+    val, test = last_values(sweep_uri, "val_acc_avg"), last_values(sweep_uri, "acc_avg")
     trials = pd.read_parquet(f"{sweep_uri}/results/trials").set_index("trial_id")
-    assert [row[0] for row in rows] == list(best.sort_values(ascending=False).index)
-    for trial_id, status, rounds, _, best_value, learner, lr in rows:
+    shown = [val[row[0]] for row in rows]
+    assert sorted(row[0] for row in rows) == sorted(val.index)
+    assert shown == sorted(shown, reverse=True)
+    for trial_id, status, rounds, val_value, test_value, learner, lr in rows:
         config = json.loads(trials.config_json[trial_id])
         assert (status, int(rounds), learner) == ("TERMINATED", ROUNDS, config["learner"])
-        assert float(best_value) == pytest.approx(best[trial_id], abs=1e-4)
+        assert float(val_value) == pytest.approx(val[trial_id], abs=1e-4)
+        assert float(test_value) == pytest.approx(test[trial_id], abs=1e-4)
         assert float(lr) == pytest.approx(config["lr"], rel=1e-3)   # after PBT's mutations

@@ -7,7 +7,9 @@ What the store records (lifelab.searches.recording, lifelab.trainables.trainable
   `old_config_json`, explored). The trial's own results after the exploit have iterations > k.
 - The accuracy table holds, per trial, only the matrix rows the trial computed itself. A trial
   that exploited d continues d's matrix: rows for the tasks d had finished by iteration k are in
-  d's rows (or further up d's lineage), not in the trial's.
+  d's rows (or further up d's lineage), not in the trial's. It holds two matrices per trial, told
+  apart by `split`: "test" (what is reported) and "val" (what searches select on); each is
+  rebuilt on its own, the test one by default.
 
 So the state of trial t at its end descends through a chain of *segments*, newest first:
 
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lifelab.analysis.selection import foreign_keys
 from lifelab.analysis.tables import SweepTables
 
 
@@ -125,17 +128,35 @@ def lineage_of(tables: SweepTables, sweep: str) -> Lineage:
     return cache[sweep]
 
 
+def foreign_of(tables: SweepTables, sweep: str) -> dict[str, frozenset[str]]:
+    """{trial_id: the config keys of the sweep's other learners that its learner lacks}: carried
+    by every trial of a sweep over several learners, used by none of this one's (never shown)."""
+    cache = tables.__dict__.setdefault("_foreign_cache", {})
+    if sweep not in cache:
+        trials = tables.trials[tables.trials.sweep == sweep]
+        by_learner = foreign_keys(trials.learner.dropna())
+        cache[sweep] = {str(t): by_learner.get(str(learner), frozenset())
+                        for t, learner in zip(trials.trial_id, trials.learner, strict=True)}
+    return cache[sweep]
+
+
+def own_keys(tables: SweepTables, sweep: str, trial_id: str, keys) -> list[str]:
+    """The `keys` (flattened names) that are the trial's own (`foreign_of`)."""
+    foreign = foreign_of(tables, sweep).get(str(trial_id), frozenset())
+    return [k for k in keys if k.split(".", 1)[0] not in foreign]
+
+
 def ancestry(tables: SweepTables, trial_id: str, sweep: str | None = None) -> pd.DataFrame:
     """Where a trial's final state came from: one row per segment, newest first.
 
     Columns: generation (0 = the trial itself), trial_id, from_iteration (exclusive),
     to_iteration (inclusive; the trial's last iteration for generation 0), exploit_time,
     config (dict, None when the store does not show it) and one `config.<key>` column per
-    hyperparameter that PBT changed in this sweep.
+    hyperparameter of the trial's learner that PBT changed in this sweep.
     """
     sweep = tables.sweep_of(trial_id, sweep)
     lineage = lineage_of(tables, sweep)
-    keys = mutated_keys(tables, sweep)
+    keys = own_keys(tables, sweep, trial_id, mutated_keys(tables, sweep))
     last = _last_iterations(tables, sweep)
     rows = []
     for gen, seg in enumerate(lineage.segments(trial_id)):
@@ -154,14 +175,15 @@ def family_tree(tables: SweepTables) -> pd.DataFrame:
     """Every exploit as an edge donor -> trial, with the hyperparameters it changed.
 
     Columns: sweep, trial_id, iteration (the donor checkpoint), donor, time, changes (a
-    "key: old -> new" string over the keys the explore step changed).
+    "key: old -> new" string over the keys of the trial's learner the explore step changed).
     """
     events = tables.events[tables.events.kind == "exploit"]
     rows = []
     for e in events.itertuples(index=False):
         old, new = _flat(_json(e.old_config_json)), _flat(_json(e.new_config_json))
+        keys = own_keys(tables, str(e.sweep), str(e.trial_id), sorted(set(old) | set(new)))
         changes = [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}"
-                   for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+                   for k in keys if old.get(k) != new.get(k)]
         rows.append({"sweep": str(e.sweep), "trial_id": str(e.trial_id),
                      "iteration": int(e.iteration), "donor": str(e.donor), "time": e.time,
                      "changes": "; ".join(changes)})
@@ -191,7 +213,8 @@ def schedules(tables: SweepTables, inherited: bool = False, keys: list[str] | No
               ) -> pd.DataFrame:
     """Each trial's hyperparameters at every iteration it reported (long form).
 
-    Columns: sweep, trial_id, iteration, key, value (NaN where unknown), source_trial.
+    Columns: sweep, trial_id, iteration, key, value (NaN where unknown), source_trial; only
+    the keys of each trial's own learner.
     `inherited=False`: the config the trial itself ran under at each iteration it reported.
     `inherited=True`: the schedule its final state was trained with, following its ancestry
     (the iterations before its last exploit come from its donors; `source_trial` says whose).
@@ -207,31 +230,34 @@ def schedules(tables: SweepTables, inherited: bool = False, keys: list[str] | No
         iters = wide.groupby("trial_id", observed=True)["iteration"].agg(list).to_dict()
         for trial_id, its in iters.items():
             trial_id = str(trial_id)
+            mine = own_keys(tables, sweep, trial_id, ks)
             if inherited:
                 segs = lineage.segments(trial_id)
                 last = max(its)
                 for i in range(1, last + 1):
                     seg = next(s for s in segs if s.start < i and (s.end is None or i <= s.end))
-                    rows += _schedule_rows(sweep, trial_id, i, seg, ks)
+                    rows += _schedule_rows(sweep, trial_id, i, seg, mine)
             else:
                 own = lineage.own_segments(trial_id)
                 for i in sorted(its):
                     seg = [s for s in own if s.start < i][-1]
-                    rows += _schedule_rows(sweep, trial_id, i, seg, ks)
+                    rows += _schedule_rows(sweep, trial_id, i, seg, mine)
     columns = ["sweep", "trial_id", "iteration", "key", "value", "source_trial"]
     return pd.DataFrame(rows, columns=columns)
 
 
-def lineage_accuracy(tables: SweepTables, lineage: bool = True) -> pd.DataFrame:
+def lineage_accuracy(tables: SweepTables, lineage: bool = True, split: str = "test"
+                     ) -> pd.DataFrame:
     """Every trial's accuracy-matrix rows in long form, completed through its ancestry.
 
     Columns: sweep, trial_id, trained_task, eval_task, accuracy, source_trial,
     source_iteration (who computed the row, at which iteration). `lineage=False` gives each
-    trial's own rows only (the accuracy table, last row per trained task).
+    trial's own rows only (the accuracy table, last row per trained task). `split`: the test
+    matrix (default: what is reported) or the validation one ("val": what is selected on).
     """
     columns = ["sweep", "trial_id", "trained_task", "eval_task", "accuracy", "source_trial",
                "source_iteration"]
-    acc = tables.accuracy
+    acc = _split(tables.accuracy, split)
     if acc.empty:
         return pd.DataFrame(columns=columns)
     parts = []
@@ -255,14 +281,16 @@ def lineage_accuracy(tables: SweepTables, lineage: bool = True) -> pd.DataFrame:
 
 
 def accuracy_matrix(tables: SweepTables, trial_id: str, sweep: str | None = None,
-                    lineage: bool = True) -> pd.DataFrame:
+                    lineage: bool = True, split: str = "test") -> pd.DataFrame:
     """A trial's accuracy matrix R: index trained_task, columns eval_task (NaN: not evaluated).
 
     `lineage=True` (default) completes it through the trial's PBT ancestry (module docstring);
-    `lineage=False` shows only the rows the trial computed itself.
+    `lineage=False` shows only the rows the trial computed itself. `split`: "test" (default)
+    or "val" (the validation matrix).
     """
     sweep = tables.sweep_of(trial_id, sweep)
-    own = tables.accuracy[tables.accuracy.sweep == sweep]
+    acc = _split(tables.accuracy, split)
+    own = acc[acc.sweep == sweep]
     by_trial = {str(t): g for t, g in own.groupby("trial_id", observed=True)}
     segs = (lineage_of(tables, sweep).segments(trial_id) if lineage
             else [Segment(trial_id, -1, None, None, None)])
@@ -295,6 +323,12 @@ def _rows_of(segs: list[Segment], by_trial: dict[str, pd.DataFrame]) -> pd.DataF
     out = pd.concat([picked[t] for t in sorted(picked)], ignore_index=True)
     out = out.rename(columns={"iteration": "source_iteration"})
     return out[["trained_task", "eval_task", "accuracy", "source_trial", "source_iteration"]]
+
+
+def _split(acc: pd.DataFrame, split: str) -> pd.DataFrame:
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    return acc[acc.split == split] if "split" in acc else acc
 
 
 def _schedule_rows(sweep: str, trial_id: str, iteration: int, seg: Segment, keys) -> list:

@@ -73,9 +73,10 @@ def plot_learning_curves(tables: SweepTables, metric: str | None = None):
 
 
 def plot_final_accuracy(tables: SweepTables):
-    """Accuracy on each task after the whole stream (the last row of each trial's full matrix),
-    mean ± SEM over each group's trials that finished the stream; one panel per sweep (groups
-    labelled by what varies within that sweep)."""
+    """Accuracy on each task after the whole stream (the last row of each trial's full test
+    matrix), mean ± SEM over each group's independent runs that finished the stream (a PBT
+    population counts once, by its selected member: summaries.group_summary); one panel per
+    sweep (groups labelled by what varies within that sweep)."""
     mats = matrices(tables)
     if not mats:
         return None
@@ -90,10 +91,11 @@ def plot_final_accuracy(tables: SweepTables):
         summary = trial_summary(sub)
         order = list(summary.sort_values("score", ascending=sub.metric()[1] == "min")
                      .group.drop_duplicates())
+        runs = set(summary.trial_id[summary.selected])
         T = max(len(R) for (s, _), R in mats.items() if s == sweep)
         by_group: dict[str, list[np.ndarray]] = {}
         for (s, trial), R in mats.items():
-            if s == sweep and len(R) == T:
+            if s == sweep and len(R) == T and trial in runs:
                 by_group.setdefault(groups.get((s, trial), "?"), []).append(R[T - 1, :T])
         used: dict[str, int] = {}
         for group in [g for g in order if g in by_group][:MAX_LINES]:

@@ -1,16 +1,16 @@
 """The report of a sweep (`lifelab report`) and of several side by side (`lifelab compare`):
 plain text for the terminal, and one self-contained static HTML file (CSS, a few lines of
 JavaScript and every image embedded as base64 PNG: it opens from disk, without a server or
-internet). The PNGs are also written beside it, under `figures/`, for reuse.
+internet). The PNGs are also written beside it, under `figures/`, for reuse (report_page).
+
+Both keep what was selected on apart from what is reported: trials, groups and the best trial per
+learner are ranked by the sweep's metric (`val_acc_avg`: the validation split), and the numbers
+beside it are test numbers (`acc_avg`, and the CL summaries of each trial's test matrix). A sweep
+that selected on test data (`search.select_on_test: true`) says so in the report's first line.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import html
-import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,54 +18,71 @@ import pandas as pd
 
 from lifelab.analysis import plots
 from lifelab.analysis.lineage import ancestry
+from lifelab.analysis.report_page import (
+    esc,
+    figures_html,
+    fmt_text,
+    fmt_value,
+    html_table,
+    pm,
+    safe,
+    write_page,
+)
+from lifelab.analysis.selection import selected_on_test, test_metric
 from lifelab.analysis.summaries import SUMMARY_METRICS, group_summary, leaderboard
 from lifelab.analysis.tables import SweepTables, load, sweep_uri, varying_config_columns
-from lifelab.errors import StorageError
 
-REPORT_FILE = "report.html"
 MAX_HEATMAPS = 12
-BOARD_COLUMNS = ("trial_id", "learner", "status", "iteration", "score", "final_acc", "bwt",
-                 "fwt", "forgetting", "intransigence", "exploits")
+BOARD_COLUMNS = ("trial_id", "learner", "status", "iteration", "score", "test_score",
+                 "final_acc", "bwt", "fwt", "forgetting", "intransigence", "selected",
+                 "exploits")
+TEXT_COLUMNS = ("trial_id", "learner", "status", "iteration", "score", "test_score",
+                "final_acc", "bwt", "forgetting", "intransigence")
+SIDE_METRICS = ("score", "test_score", "final_acc", "bwt", "forgetting", "intransigence")
+RUNS = ("mean ± SEM over independent runs (trials that differ only by seed; a PBT population is "
+        "one run: its selected member, no ±)")
 
 
 # -- plain text -------------------------------------------------------------------------------
 
 def text_report(tables: SweepTables | str) -> str:
     """Group summary, best trial per learner and the leaderboard of (the first) sweep; takes
-    loaded tables or a sweep dir / URI."""
+    loaded tables or a sweep dir / URI. The first line says so when it selected on test data."""
     if not isinstance(tables, SweepTables):
         tables = load(tables)
     sweep = tables.sweeps[0]
-    metric, mode = tables.metric(sweep)
+    warning = _test_warning(tables, [sweep])
     if tables.metrics.empty and tables.accuracy.empty:
-        return (f"sweep {sweep}: no results yet in {tables.uris.get(sweep, '')}/results "
-                f"({len(tables.trials)} trials recorded)")
-    board = _board(tables, metric)
-    shown = [c for c in ["trial_id", "learner", "status", "iteration", metric, "final_acc",
-                         "bwt", "forgetting", "intransigence",
-                         *varying_config_columns(tables.trials)] if c in board]
-    per_learner = board.groupby("learner", sort=False).head(1)[shown]
+        return "\n".join([*warning, f"sweep {sweep}: no results yet in "
+                          f"{tables.uris.get(sweep, '')}/results ({len(tables.trials)} trials "
+                          "recorded)"])
+    board = _board(tables)
+    shown = [c for c in _shown(tables, sweep, board, TEXT_COLUMNS,
+                               varying_config_columns(tables.trials)) if c != "rank"]
+    per_learner = board.groupby("learner", sort=False).head(1)
     statuses = ", ".join(f"{n} {s}" for s, n in tables.trials.status.value_counts().items())
-    lines = [f"sweep {sweep} — {len(board)} trials ({statuses or 'none recorded'}), metric "
-             f"{metric} ({mode})", "",
-             "Summary by group (mean ± SEM over the group's trials):",
-             _fmt_text(_group_table(tables, metric)), "",
-             "Best trial per learner:", _fmt_text(per_learner), "",
-             "All trials, best first:", _fmt_text(board[shown])]
+    selected, reported = _selection_lines(tables, sweep)
+    lines = [*warning, f"sweep {sweep} — {len(board)} trials ({statuses or 'none recorded'})",
+             f"Selected on: {selected}", f"Reported: {reported}", "",
+             f"Summary by group ({RUNS}):", fmt_text(_group_table(tables)), "",
+             "Best trial per learner:", fmt_text(_named(tables, sweep, per_learner[shown])), "",
+             "All trials, best first:", fmt_text(_named(tables, sweep, board[shown]))]
     return "\n".join(lines)
 
 
 def compare_text(tables: SweepTables) -> str:
     """Several sweeps side by side: each group's mean ± SEM per sweep."""
+    warning = _test_warning(tables, tables.sweeps)
     groups = per_sweep_groups(tables)
     if groups.empty:
-        return "no results yet in any of: " + ", ".join(tables.sweeps)
-    lines = [f"{len(tables.sweeps)} sweeps: " + ", ".join(
-        f"{s} ({tables.metric(s)[0]}, {int((tables.trials.sweep == s).sum())} trials)"
-        for s in tables.sweeps)]
-    for metric in ("score", "final_acc", "bwt", "forgetting"):
-        lines += ["", f"{_metric_title(tables, metric)} (mean ± SEM), one column per sweep:",
-                  _fmt_text(side_by_side(tables, groups, metric))]
+        return "\n".join([*warning, "no results yet in any of: " + ", ".join(tables.sweeps)])
+    lines = [*warning, f"{len(tables.sweeps)} sweeps: " + ", ".join(
+        f"{s} (selected on {tables.metric(s)[0]}, {int((tables.trials.sweep == s).sum())} "
+        "trials)" for s in tables.sweeps)]
+    lines.append(f"Each cell: {RUNS}.")
+    for metric in _side_metrics(groups, SIDE_METRICS[:-1]):
+        lines += ["", f"{_metric_title(tables, metric)}, one column per sweep:",
+                  fmt_text(side_by_side(tables, groups, metric))]
     return "\n".join(lines)
 
 
@@ -79,7 +96,7 @@ def per_sweep_groups(tables: SweepTables) -> pd.DataFrame:
 
 def side_by_side(tables: SweepTables, groups: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Rows: group; columns: sweeps; cells: 'mean ± sem (n)' ('–': not in that sweep)."""
-    groups = groups.assign(cell=[_pm(m, s) + f" (n={n})" for m, s, n in zip(
+    groups = groups.assign(cell=[pm(m, s) + f" (n={n})" for m, s, n in zip(
         groups[f"{metric}_mean"], groups[f"{metric}_sem"], groups.n, strict=True)])
     wide = groups.pivot(index="group", columns="sweep", values="cell")
     order = list(dict.fromkeys(groups.group))
@@ -98,7 +115,7 @@ def write_report(sweep: str, out: str | None = None) -> tuple[Path, str]:
     out_dir = Path(out) if out else _default_out(sweep, name)
     figures = _figures(tables)
     body = _report_body(tables, figures)
-    path = _write(out_dir, f"lifelab report — {name}", body, figures)
+    path = write_page(out_dir, f"lifelab report — {name}", body, figures)
     return path, text_report(tables)
 
 
@@ -109,52 +126,59 @@ def write_compare(sweeps: Sequence[str], out: str | None = None) -> tuple[Path, 
     out_dir = Path(out) if out else Path("lifelab-compare").resolve()
     figures = _compare_figures(tables)
     body = _compare_body(tables, figures)
-    path = _write(out_dir, "lifelab compare — " + ", ".join(tables.sweeps), body, figures)
+    path = write_page(out_dir, "lifelab compare — " + ", ".join(tables.sweeps), body, figures)
     return path, compare_text(tables)
 
 
 def _report_body(tables: SweepTables, figures: dict) -> str:
     sweep = tables.sweeps[0]
     metric, mode = tables.metric(sweep)
-    parts = [f"<h1>{_e(sweep)}</h1>", _spec_block(tables, sweep)]
+    parts = [*_html_warning(tables, [sweep]), f"<h1>{esc(sweep)}</h1>",
+             _spec_block(tables, sweep)]
     if tables.metrics.empty and tables.accuracy.empty:
         parts.append('<p class="empty" id="no-results"><b>No results yet.</b> This sweep has '
                      "not reported a round: its results tables are empty. Run or resume it, "
                      "then report again.</p>")
         return "\n".join(parts)
-    board = _board(tables, metric)
+    board = _board(tables)
+    selected, reported = _selection_lines(tables, sweep)
+    shown = _shown(tables, sweep, board, BOARD_COLUMNS,
+                   [c for c in board if c.startswith("config.")])
     parts += [
+        "<h2>Selection and reporting</h2>",
+        f'<p id="selection"><b>Selected on</b> {esc(selected)}.<br><b>Reported</b> '
+        f"{esc(reported)}.</p>",
         "<h2>Summary by group</h2>",
-        "<p>Mean ± standard error of the mean over the trials of each group (same learner "
-        "and config apart from seeds; under PBT, a learner's population). Best group first by "
-        f"the sweep's metric <code>{_e(metric)}</code> ({_e(mode)}).</p>",
-        _html_table(_group_table(tables, metric), "groups"),
+        f"<p>Groups: the same learner and config apart from seeds. Each cell is the {esc(RUNS)}"
+        f". Best group first by <code>{esc(metric)}</code> ({esc(mode)}).</p>",
+        html_table(_group_table(tables), "groups"),
         "<h2>Leaderboard</h2>",
-        f"<p>Every trial, best first by its last reported <code>{_e(metric)}</code>; CL metrics "
-        "from its full accuracy matrix (through its PBT ancestry).</p>",
-        _html_table(board[_board_columns(board, metric)], "leaderboard"),
-        "<h2>Plots</h2>", _figures_html(figures),
+        f"<p>Every trial, best first by its last reported <code>{esc(metric)}</code> (what was "
+        "selected on), with the test numbers beside it: CL metrics from its full test accuracy "
+        "matrix (through its PBT ancestry).</p>",
+        html_table(_named(tables, sweep, board[shown]), "leaderboard"),
+        "<h2>Plots</h2>", figures_html(figures),
     ]
     best = str(board.trial_id.iloc[0])
     if not tables.events.empty:
         anc = ancestry(tables, best, sweep=sweep).drop(columns=["sweep", "config"])
-        parts += [f"<h2>Lineage of the best trial ({_e(best)})</h2>",
+        parts += [f"<h2>Lineage of the best trial ({esc(best)})</h2>",
                   "<p>The segments its final state was trained in, newest first: trial, "
                   "iterations (from, to], and the hyperparameters of each segment (blank: "
-                  "not recorded).</p>", _html_table(anc, "lineage")]
-        parts += ["<h2>PBT exploits</h2>", _html_table(tables.family_tree()
-                                                        .drop(columns=["sweep"]), "exploits")]
+                  "not recorded).</p>", html_table(anc, "lineage")]
+        parts += ["<h2>PBT exploits</h2>", html_table(tables.family_tree()
+                                                      .drop(columns=["sweep"]), "exploits")]
     errors = tables.trials[tables.trials.status == "ERROR"]
     if len(errors):
         parts += ["<h2>Errors</h2>",
-                  _html_table(errors[["trial_id", "learner", "iterations", "error"]], "errors")]
-    parts += ["<h2>Trials</h2>", _html_table(_trials_table(tables), "trials"),
-              _definitions(tables)]
+                  html_table(errors[["trial_id", "learner", "iterations", "error"]], "errors")]
+    parts += ["<h2>Trials</h2>", html_table(_trials_table(tables), "trials"), _DEFINITIONS]
     return "\n".join(parts)
 
 
 def _compare_body(tables: SweepTables, figures: dict) -> str:
-    parts = ["<h1>Comparison of " + ", ".join(_e(s) for s in tables.sweeps) + "</h1>"]
+    parts = [*_html_warning(tables, tables.sweeps),
+             "<h1>Comparison of " + ", ".join(esc(s) for s in tables.sweeps) + "</h1>"]
     for sweep in tables.sweeps:
         parts.append(_spec_block(tables, sweep))
     groups = per_sweep_groups(tables)
@@ -162,19 +186,19 @@ def _compare_body(tables: SweepTables, figures: dict) -> str:
         parts.append('<p class="empty" id="no-results"><b>No results yet</b> in any of these '
                      "sweeps.</p>")
         return "\n".join(parts)
-    parts.append("<h2>Side by side</h2>")
-    for metric in ("score", "final_acc", "bwt", "forgetting", "intransigence"):
-        parts += [f"<h3>{_e(_metric_title(tables, metric))} (mean ± SEM)</h3>",
-                  _html_table(side_by_side(tables, groups, metric), f"side-{metric}")]
-    parts += ["<h2>Plots</h2>", _figures_html(figures), "<h2>Leaderboards</h2>"]
+    parts += ["<h2>Side by side</h2>", f"<p>Each cell is the {esc(RUNS)}.</p>"]
+    for metric in _side_metrics(groups, SIDE_METRICS):
+        parts += [f"<h3>{esc(_metric_title(tables, metric))} (mean ± SEM)</h3>",
+                  html_table(side_by_side(tables, groups, metric), f"side-{metric}")]
+    parts += ["<h2>Plots</h2>", figures_html(figures), "<h2>Leaderboards</h2>"]
+    board = leaderboard(tables)
     for sweep in tables.sweeps:
-        board = leaderboard(tables)
-        board = board[board.sweep == sweep]
-        metric = tables.metric(sweep)[0]
-        parts += [f"<h3>{_e(sweep)} (by {_e(metric)})</h3>",
-                  _html_table(board[_board_columns(board, metric)].head(10)
-                              .rename(columns={"score": metric}), f"board-{sweep}")]
-    parts.append(_definitions(tables))
+        part = board[board.sweep == sweep]
+        shown = _shown(tables, sweep, part, BOARD_COLUMNS,
+                       [c for c in part if c.startswith("config.")])
+        parts += [f"<h3>{esc(sweep)} (by {esc(tables.metric(sweep)[0])})</h3>",
+                  html_table(_named(tables, sweep, part[shown].head(10)), f"board-{sweep}")]
+    parts.append(_DEFINITIONS)
     return "\n".join(parts)
 
 
@@ -187,15 +211,16 @@ def _figures(tables: SweepTables) -> dict[str, tuple[str, object]]:
     out: dict[str, tuple[str, object]] = {}
     _add(out, "learning_curves", f"Learning curves: {metric} per trial, coloured by learner "
          "(dots: the first round after a PBT exploit).", plots.plot_learning_curves(tables))
-    _add(out, "final_accuracy", "Accuracy on each task after the whole stream (last row of "
-         "each trial's full matrix), mean ± SEM per group.", plots.plot_final_accuracy(tables))
+    _add(out, "final_accuracy", "Test accuracy on each task after the whole stream (last row of "
+         "each trial's full test matrix), mean ± SEM over each group's independent runs.",
+         plots.plot_final_accuracy(tables))
     board = leaderboard(tables)
     picks = list(board.groupby("group", sort=False).head(1).trial_id)
     picks += [t for t in board.trial_id if t not in picks][:max(0, 6 - len(picks))]
     for trial in picks[:MAX_HEATMAPS]:
         row = board[board.trial_id == trial].iloc[0]
-        _add(out, f"matrix_{trial}", f"Accuracy matrix of {trial} ({row.learner}, rank "
-             f"{row['rank']}): R[i, j] = accuracy on task j after training task i.",
+        _add(out, f"matrix_{trial}", f"Test accuracy matrix of {trial} ({row.learner}, rank "
+             f"{row['rank']} by {metric}): R[i, j] = accuracy on task j after training task i.",
              plots.plot_accuracy_matrix(tables, str(trial), sweep=sweep))
     _add(out, "schedules", "Hyperparameter schedules of the population: the config each trial "
          "ran under at each round (gaps: not recorded).", plots.plot_schedules(tables))
@@ -208,89 +233,97 @@ def _compare_figures(tables: SweepTables) -> dict[str, tuple[str, object]]:
     out: dict[str, tuple[str, object]] = {}
     _add(out, "learning_curves", "Learning curves per sweep, coloured by learner.",
          plots.plot_learning_curves(tables))
-    _add(out, "final_accuracy", "Accuracy per task after the whole stream, per sweep "
-         "(mean ± SEM per group).", plots.plot_final_accuracy(tables))
+    _add(out, "final_accuracy", "Test accuracy per task after the whole stream, per sweep "
+         "(mean ± SEM over each group's independent runs).", plots.plot_final_accuracy(tables))
     for sweep in tables.sweeps:
         _add(out, f"family_tree_{sweep}", f"PBT family tree of {sweep}.",
              plots.plot_family_tree(tables, sweep=sweep))
     return out
 
 
-def _write(out_dir: Path, title: str, body: str, figures: dict) -> Path:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fig_dir = out_dir / "figures"
-        if figures:
-            fig_dir.mkdir(exist_ok=True)
-        embedded = {}
-        for stem, (_, fig) in figures.items():
-            png = plots.to_png(fig)
-            (fig_dir / f"{_safe(stem)}.png").write_bytes(png)
-            embedded[stem] = base64.b64encode(png).decode()
-        page = _page(title, body, embedded)
-        path = out_dir / REPORT_FILE
-        tmp = out_dir / f".{REPORT_FILE}.tmp"
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise StorageError(f"cannot write the report to {out_dir} ({exc}): choose a writable "
-                           "--out DIR") from None
-    return path
-
-
-def _figures_html(figures: dict) -> str:
-    if not figures:
-        return "<p>Nothing to plot yet.</p>"
-    return "\n".join(
-        f'<figure id="fig-{_safe(stem)}"><img alt="{_e(caption)}" '
-        f'src="data:image/png;base64,{{{_safe(stem)}}}"><figcaption>{_e(caption)}'
-        "</figcaption></figure>" for stem, (caption, _) in figures.items())
-
-
-def _page(title: str, body: str, images: dict[str, str]) -> str:
-    for stem, b64 in images.items():
-        body = body.replace(f"base64,{{{_safe(stem)}}}", f"base64,{b64}")
-    now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(title)}</title>
-<style>{_CSS}</style></head>
-<body>
-<main>
-{body}
-<p class="foot">Generated by lifelab on {_e(now)}. Self-contained: every image is embedded.</p>
-</main>
-<script>{_JS}</script>
-</body></html>
-"""
-
-
 # -- pieces -----------------------------------------------------------------------------------
 
-def _board(tables: SweepTables, metric: str) -> pd.DataFrame:
+def _test_warning(tables: SweepTables, sweeps: list[str]) -> list[str]:
+    """The line that opens a report whose selection used test data (none when it did not)."""
+    why = [f"{s}: {reason}" if len(sweeps) > 1 else reason for s in sweeps
+           if (reason := selected_on_test(tables.specs.get(s, tables.spec),
+                                          tables.metric_names(s)))]
+    if not why:
+        return []
+    return ["SELECTED ON TEST DATA (" + "; ".join(why) + "): the test numbers below were "
+            "chosen on the data they report, so they are optimistic."]
+
+
+def _html_warning(tables: SweepTables, sweeps: list[str]) -> list[str]:
+    return [f'<p class="warn" id="select-on-test">{esc(line)}</p>'
+            for line in _test_warning(tables, sweeps)]
+
+
+def _selection_lines(tables: SweepTables, sweep: str) -> tuple[str, str]:
+    """(what was selected on, what is reported) in words."""
+    metric, mode = tables.metric(sweep)
+    test = _test_name(tables, sweep)
+    split = ("test split" if test == metric else "validation split" if test
+             else "no split: not a continual-learning metric")
+    selected = (f"{metric} ({mode}; {split}; each trial's last reported value): it ranks the "
+                "trials and the groups, picks the best trial per learner and each PBT "
+                "population's member")
+    beside = f"{test} beside it, and " if test and test != metric else ""
+    reported = (f"{beside}final_acc, bwt, fwt, forgetting, intransigence of each trial's full "
+                "test accuracy matrix (test split)")
+    return selected, reported
+
+
+def _test_name(tables: SweepTables, sweep: str) -> str | None:
+    return test_metric(tables.metric(sweep)[0], tables.metric_names(sweep))
+
+
+def _board(tables: SweepTables) -> pd.DataFrame:
     board = leaderboard(tables)
-    sweep = tables.sweeps[0]
-    board = board[board.sweep == sweep].reset_index(drop=True)
-    return board.rename(columns={"score": metric}) if metric not in board else board
+    return board[board.sweep == tables.sweeps[0]].reset_index(drop=True)
 
 
-def _board_columns(board: pd.DataFrame, metric: str) -> list[str]:
-    cols = ["rank", *(metric if c == "score" and metric in board else c for c in BOARD_COLUMNS)]
-    cols += [c for c in board if c.startswith("config.")]
+def _shown(tables: SweepTables, sweep: str, board: pd.DataFrame, columns, extra) -> list[str]:
+    """The leaderboard columns to show: `selected` only under PBT, `test_score` only when it
+    is not the metric itself."""
+    metric = tables.metric(sweep)[0]
+    drop = set()
+    if "population" not in board or board.population.isna().all():
+        drop.add("selected")
+    if _test_name(tables, sweep) in (None, metric):
+        drop.add("test_score")
+    cols = ["rank", *(c for c in columns if c not in drop), *extra]
     return [c for c in dict.fromkeys(cols) if c in board]
 
 
-def _group_table(tables: SweepTables, metric: str) -> pd.DataFrame:
+def _named(tables: SweepTables, sweep: str, df: pd.DataFrame) -> pd.DataFrame:
+    """`score` and `test_score` under their metrics' names (val_acc_avg, acc_avg)."""
+    metric, test = tables.metric(sweep)[0], _test_name(tables, sweep)
+    names = {"score": metric, **({"test_score": test} if test and test != metric else {})}
+    return df.rename(columns={k: v for k, v in names.items() if v not in df})
+
+
+def _group_table(tables: SweepTables) -> pd.DataFrame:
+    sweep = tables.sweeps[0]
     groups = group_summary(tables)
     out = groups[["group", "n"]].copy()
+    if (groups.trials != groups.n).any():
+        out["trials"] = groups.trials
+    test = _test_name(tables, sweep)
+    names = {"score": tables.metric(sweep)[0], "test_score": test}
     for m in SUMMARY_METRICS:
+        if m == "test_score" and test == names["score"]:
+            continue
         if groups[f"{m}_mean"].notna().any():
-            out[metric if m == "score" else m] = [_pm(a, b) for a, b in zip(
+            out[names.get(m) or m] = [pm(a, b) for a, b in zip(
                 groups[f"{m}_mean"], groups[f"{m}_sem"], strict=True)]
     if len(tables.sweeps) > 1:
         out.insert(1, "sweeps", groups.sweeps)
     return out
+
+
+def _side_metrics(groups: pd.DataFrame, metrics) -> list[str]:
+    return [m for m in metrics if groups[f"{m}_mean"].notna().any()]
 
 
 def _trials_table(tables: SweepTables) -> pd.DataFrame:
@@ -307,25 +340,29 @@ def _spec_block(tables: SweepTables, sweep: str) -> str:
     statuses = ", ".join(f"{n} {s}" for s, n in trials.status.value_counts().items())
     rows = [
         ("sweep", sweep), ("location", tables.uris.get(sweep, "")),
-        ("learner", _fmt_value(spec.get("learner"))),
-        ("stream", ", ".join(f"{k}={_fmt_value(v)}" for k, v in stream.items())),
-        ("search", ", ".join(f"{k}={_fmt_value(search.get(k))}" for k in
-                             ("scheduler", "searcher", "metric", "mode", "samples",
-                              "perturbation_interval") if search.get(k) is not None)),
-        ("mutations", _fmt_value(search.get("mutations")) if search.get("mutations") else "–"),
-        ("stop", _fmt_value(spec.get("stop"))),
+        ("learner", fmt_value(spec.get("learner"))),
+        ("stream", ", ".join(f"{k}={fmt_value(v)}" for k, v in stream.items())),
+        ("search", ", ".join(f"{k}={fmt_value(search.get(k))}" for k in
+                             ("scheduler", "searcher", "metric", "mode", "select_on_test",
+                              "samples", "perturbation_interval")
+                             if search.get(k) is not None)),
+        ("mutations", fmt_value(search.get("mutations")) if search.get("mutations") else "–"),
+        ("stop", fmt_value(spec.get("stop"))),
         ("trials", f"{len(trials)} ({statuses or 'none recorded yet'})"),
         ("rows", f"{int((tables.metrics.sweep == sweep).sum())} metrics, "
                  f"{int((tables.accuracy.sweep == sweep).sum())} accuracy, "
                  f"{int((tables.events.sweep == sweep).sum())} events"),
     ]
-    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(str(v))}</dd>" for k, v in rows)
+    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in rows)
     return f'<dl class="spec">{items}</dl>'
 
 
-def _definitions(tables: SweepTables) -> str:
-    return """<h2>Definitions</h2>
-<p>R[i, j] is the accuracy on task j after training tasks 0..i (T tasks trained).</p>
+_DEFINITIONS = """<h2>Definitions</h2>
+<p>Selection and reporting: trials are ranked by the sweep's metric (by default
+<code>val_acc_avg</code>, on the validation split, which no learner trains on) at its last
+reported round, i.e. at the end of the stream once a trial finished; the numbers reported beside
+it are on the test split. R[i, j] is the test accuracy on task j after training tasks 0..i
+(T tasks trained).</p>
 <ul>
 <li><b>final_acc</b>: mean of R[T-1, j] over j.</li>
 <li><b>bwt</b> (Lopez-Paz &amp; Ranzato 2017): mean over j &lt; T-1 of R[T-1, j] - R[j, j].</li>
@@ -335,64 +372,24 @@ evaluated before it is trained, else the trial's reported <code>fwt</code>, else
 max<sub>l &lt; T-1</sub> R[l, j] - R[T-1, j].</li>
 <li><b>intransigence</b> (Chaudhry et al. 2018): mean over k of a*[k] - R[k, k]; a*[k] is the
 mean R[k, k] of the sweep's <code>joint</code> trials (blank without them).</li>
-<li>± is the standard error of the mean over a group's trials (blank for one trial).</li>
+<li>± is the standard error of the mean over a group's independent runs (n): trials that differ
+only by seed. The members of a PBT population copy each other's weights, so a population is one
+run, its selected member; ± appears across sweeps of one spec with different seeds loaded
+together, or across fifo trials that differ only by seed. Blank for one run.</li>
 </ul>
 <p>Read the same tables in Python: <code>from lifelab import analysis;
 t = analysis.load("SWEEP_DIR")</code>, or directly:
 <code>pd.read_parquet("SWEEP_DIR/results/metrics")</code>.</p>"""
 
 
-def _html_table(df: pd.DataFrame, name: str) -> str:
-    if df.empty:
-        return f'<p class="empty" id="table-{_e(name)}">(none)</p>'
-    shown = df.copy()
-    for col in shown.columns:
-        fmt = _fmt_time if col in ("time", "exploit_time") else _fmt_value
-        shown[col] = shown[col].map(fmt)
-    return shown.to_html(index=False, border=0, classes=["sortable"], table_id=f"table-{name}",
-                         escape=True, na_rep="–")
-
-
-def _fmt_value(value) -> str:
-    if value is None or value is pd.NA:
-        return "–"
-    if isinstance(value, float):
-        return "–" if math.isnan(value) else f"{value:.4g}"
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_fmt_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_fmt_value(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
-def _fmt_time(value) -> str:
-    if not isinstance(value, float) or not math.isfinite(value):
-        return "–"
-    return dt.datetime.fromtimestamp(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _fmt_text(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "(none)"
-    shown = df.copy()
-    for col in shown.columns:
-        shown[col] = shown[col].map(_fmt_value)
-    return shown.to_string(index=False)
-
-
-def _pm(mean: float, sem: float) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    if sem is None or (isinstance(sem, float) and math.isnan(sem)):
-        return f"{mean:.4g}"
-    return f"{mean:.4g} ± {sem:.2g}"
-
-
 def _metric_title(tables: SweepTables, metric: str) -> str:
-    if metric != "score":
+    if metric not in ("score", "test_score"):
         return metric
-    names = sorted({tables.metric(s)[0] for s in tables.sweeps})
-    return "score: last " + " / ".join(names)
+    if metric == "score":
+        names = sorted({tables.metric(s)[0] for s in tables.sweeps})
+        return "selected on: last " + " / ".join(names)
+    names = sorted({n for s in tables.sweeps if (n := _test_name(tables, s))})
+    return "test: last " + " / ".join(names)
 
 
 def _add(out: dict, stem: str, caption: str, fig) -> None:
@@ -400,70 +397,8 @@ def _add(out: dict, stem: str, caption: str, fig) -> None:
         out[stem] = (caption, fig)
 
 
-def _safe(stem: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)
-
-
 def _default_out(sweep: str, name: str) -> Path:
     uri = sweep_uri(sweep)
     if "://" in uri:
-        return Path(f"{_safe(name)}-report").resolve()
+        return Path(f"{safe(name)}-report").resolve()
     return Path(uri) / "report"
-
-
-def _e(text: str) -> str:
-    return html.escape(str(text), quote=True)
-
-
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;margin:0;
-background:#fafafa}
-main{max-width:1200px;margin:0 auto;padding:1rem 2rem 3rem}
-h1{font-size:1.6rem;margin:.8rem 0}h2{font-size:1.25rem;margin-top:2rem;
-border-bottom:1px solid #ddd;padding-bottom:.2rem}h3{font-size:1.05rem}
-table{border-collapse:collapse;margin:.5rem 0 1rem;background:#fff;font-size:13px}
-th,td{padding:.25rem .6rem;border-bottom:1px solid #e5e5e5;text-align:left;white-space:nowrap}
-th{background:#f0f0f0;cursor:pointer;user-select:none}tr:hover td{background:#f5f9ff}
-figure{display:inline-block;margin:.5rem 1rem 1rem 0;vertical-align:top;background:#fff;
-padding:.5rem;border:1px solid #e5e5e5;max-width:100%}
-figure img{max-width:100%;height:auto;display:block}
-figcaption{font-size:12px;color:#555;max-width:520px;margin-top:.3rem}
-dl.spec{display:grid;grid-template-columns:max-content auto;gap:.15rem 1rem;background:#fff;
-padding:.6rem 1rem;border:1px solid #e5e5e5}dl.spec dt{font-weight:600}dl.spec dd{margin:0}
-.empty{color:#666}#no-results{font-size:1.1rem;padding:1rem;background:#fff3cd;
-border:1px solid #e0c36a}.broken{color:#b00;font-weight:600}.foot{color:#888;font-size:12px;
-margin-top:2rem}code{background:#eee;padding:0 .2rem}
-"""
-
-# Sort a table by clicking its header; flag any image the browser could not decode.
-_JS = """
-document.querySelectorAll("table.sortable th").forEach(function (th, _) {
-  th.addEventListener("click", function () {
-    var table = th.closest("table"), body = table.tBodies[0];
-    var col = Array.prototype.indexOf.call(th.parentNode.children, th);
-    var asc = th.dataset.order !== "asc"; th.dataset.order = asc ? "asc" : "desc";
-    var rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = a.cells[col].textContent, y = b.cells[col].textContent;
-      var nx = parseFloat(x), ny = parseFloat(y);
-      var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-      return asc ? c : -c;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-  });
-});
-function checkImages() {
-  document.querySelectorAll("figure img").forEach(function (img) {
-    var ok = img.complete && img.naturalWidth > 0;
-    img.dataset.loaded = ok ? "yes" : "no";
-    if (!ok && !img.nextElementSibling.classList.contains("broken")) {
-      var p = document.createElement("p"); p.className = "broken";
-      p.textContent = "this image could not be displayed";
-      img.parentNode.insertBefore(p, img.nextSibling);
-    }
-  });
-  document.body.dataset.imagesChecked = "yes";
-}
-if (document.readyState === "complete") { checkImages(); }
-else { window.addEventListener("load", checkImages); }
-"""

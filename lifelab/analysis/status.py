@@ -4,24 +4,44 @@ from __future__ import annotations
 
 import pandas as pd
 
+from lifelab.analysis.selection import is_cl_metric, selected_on_test, twin
+from lifelab.platform.config import SearchSettings
 from lifelab.platform.store import ResultStore, read_spec
 
 
 def sweep_status(sweep_uri: str) -> pd.DataFrame:
-    """One row per trial: learner, status, last iteration, last and best value of the sweep's
-    metric, error. Built from the live rows of the store, so a running sweep shows progress."""
-    search = read_spec(sweep_uri).get("search") or {}
-    metric, mode = search.get("metric", "acc_avg"), search.get("mode", "max")
+    """One row per trial, best first by the sweep's metric: learner, status, last iteration,
+    the metric and its twin on the other split (the test `acc_avg` beside `val_acc_avg`),
+    error. Built from the live rows of the store, so a running sweep shows progress.
+
+    A continual-learning metric shows its last reported value: its value at the end of the
+    stream once the trial finished (its best round would be the first task's accuracy). Any
+    other metric (e.g. a teacher's loss_ratio_adam, a fresh evaluation of the current state each
+    round) shows its last value and its best so far, `best_<metric>`, and ranks by the best."""
+    metric, mode = _metric(read_spec(sweep_uri))
     store = ResultStore(sweep_uri)
     trials = store.read("trials")[["trial_id", "learner", "status", "error"]]
     values = store.read("metrics")
-    values = values[values.name == metric].sort_values("iteration")
-    per_trial = values.groupby("trial_id").agg(
-        iteration=("iteration", "last"), last=("value", "last"),
-        best=("value", "max" if mode == "max" else "min"))
-    table = trials.merge(per_trial, on="trial_id", how="outer")
+    names = set(values.name)
+    cl = is_cl_metric(metric, names)
+    other = twin(metric, names)
+    shown = [metric, *([other] if other in names else [])]
+    values = values[values.name.isin(shown)].sort_values("iteration")
+    last = values.pivot_table(index="trial_id", columns="name", values="value", aggfunc="last")
+    per_trial = last.reindex(columns=shown).assign(
+        iteration=values.groupby("trial_id").iteration.max())
+    rank = metric
+    if not cl:
+        rank = f"best_{metric}"
+        mine = values[values.name == metric].groupby("trial_id").value
+        per_trial[rank] = mine.max() if mode == "max" else mine.min()
+    table = trials.merge(per_trial.reset_index(), on="trial_id", how="outer")
     table["iteration"] = table["iteration"].fillna(0).astype(int)
-    return table.rename(columns={"last": metric, "best": f"best_{metric}"})
+    table = table.sort_values(rank, ascending=(mode == "min"), na_position="last",
+                              kind="stable")
+    columns = ["trial_id", "learner", "status", "iteration", *shown,
+               *([rank] if not cl else []), "error"]
+    return table[columns].reset_index(drop=True)
 
 
 def status_text(sweep_uri: str) -> str:
@@ -31,8 +51,18 @@ def status_text(sweep_uri: str) -> str:
         return f"sweep {spec.get('name')}: no trial has started yet ({sweep_uri})"
     counts = table["status"].fillna("UNKNOWN").value_counts()
     summary = ", ".join(f"{n} {status.lower()}" for status, n in counts.items())
-    metric = (spec.get("search") or {}).get("metric", "acc_avg")
-    lines = [f"sweep {spec.get('name')}: {len(table)} trials ({summary}); metric {metric}",
+    metric, mode = _metric(spec)
+    shown = [c for c in table.columns[4:] if c not in ("error", metric)]
+    beside = f", {', '.join(shown)} beside it" if shown else ""
+    warning = " (selected on test data)" if selected_on_test(spec, table.columns) else ""
+    lines = [f"sweep {spec.get('name')}: {len(table)} trials ({summary}); ranked by {metric} "
+             f"({mode}){warning}{beside}",
              table.fillna({"error": ""}).to_string(index=False,
                                                     float_format=lambda v: f"{v:.4g}")]
     return "\n".join(lines)
+
+
+def _metric(spec: dict) -> tuple[str, str]:
+    search = spec.get("search") or {}
+    return (str(search.get("metric") or SearchSettings.metric),
+            str(search.get("mode") or SearchSettings.mode))

@@ -1,8 +1,15 @@
 """Continual-learning summaries per trial and per group of trials that differ only by seed.
 
+What is selected and what is reported (lifelab.analysis.selection): trials, groups and each
+learner's best trial are ranked by `score`, the last reported value of the sweep's metric (by
+default `val_acc_avg`, on the validation split); the numbers reported beside it come from the
+test split: `test_score` (the metric's test twin, e.g. `acc_avg`) and the CL summaries below. A
+continual-learning metric counts at the end of the stream (for a running trial, at its last
+round), never at its best round (the first task's accuracy).
+
 The math is lifelab.platform.metrics; this module decides which matrix and which reference:
 
-- Each trial's matrix is its full accuracy matrix through its PBT ancestry
+- Each trial's matrix is its full test accuracy matrix through its PBT ancestry
   (lifelab.analysis.lineage), i.e. the matrix the learner held at its end.
 - final_acc: mean of the last row; bwt, forgetting: from the whole matrix.
 - intransigence needs a* (accuracy on task k of a model trained jointly on tasks 0..k). By
@@ -13,12 +20,21 @@ The math is lifelab.platform.metrics; this module decides which matrix and which
   accuracy per task): with a `baseline` and such a matrix it is computed here; otherwise it is the
   trial's last reported `fwt` metric if it reported one, else NaN (the baseline learners only
   evaluate tasks they have seen).
-- score: the trial's last reported value of the sweep's metric (what the search optimised).
+- score: the trial's last reported value of the sweep's metric (what the search selected on);
+  test_score: the last reported value of its test twin (NaN for a metric without twins).
 
 Groups: trials of one learner whose configs are equal apart from seeds (`seed`, `stream.seed`)
-and, in a PBT/PB2 sweep, apart from the mutated hyperparameters (a schedule, not a setting: a
-group is then a learner's population). Groups span the sweeps loaded together unless
-`by_sweep=True`, so one spec run as several sweeps with different seeds forms one group.
+and, in a PBT/PB2 sweep, apart from the mutated hyperparameters (a schedule, not a setting).
+Groups span the sweeps loaded together unless `by_sweep=True`, so one spec run as several sweeps
+with different seeds forms one group.
+
+Mean ± SEM only over independent runs: trials that differ by seed only, with no PBT exploit
+between them. The members of one PBT/PB2 population (a sweep's trials of one `search.group_by`
+value, by default one learner) copy each other's weights, so a population is ONE result: its
+selected member (the best score), reported without ±. A group's `n` counts independent runs:
+each fifo / ASHA trial, and each population once (its `selected` member); ± appears across
+several sweeps of one spec with different seeds loaded together, or across fifo trials that
+differ only by seed.
 """
 
 from __future__ import annotations
@@ -30,21 +46,27 @@ import numpy as np
 import pandas as pd
 
 from lifelab.analysis.lineage import lineage_accuracy, lineage_of, mutated_keys
+from lifelab.analysis.selection import test_metric
 from lifelab.analysis.tables import SEED_KEYS, SweepTables, varying_config_columns
 from lifelab.platform import metrics as clm
 
-SUMMARY_METRICS = ("final_acc", "bwt", "fwt", "forgetting", "intransigence", "score")
+SUMMARY_METRICS = ("score", "test_score", "final_acc", "bwt", "fwt", "forgetting",
+                   "intransigence")
 MUTATED = "PBT"    # the group-key value of a hyperparameter PBT mutates
 
 
-def matrices(tables: SweepTables, lineage: bool = True) -> dict[tuple[str, str], np.ndarray]:
-    """{(sweep, trial_id): R} as float arrays (T x T', NaN where not evaluated)."""
-    cached = _cached(tables, ("matrices", lineage), lambda: _matrices(tables, lineage))
+def matrices(tables: SweepTables, lineage: bool = True, split: str = "test"
+             ) -> dict[tuple[str, str], np.ndarray]:
+    """{(sweep, trial_id): R} as float arrays (T x T', NaN where not evaluated); the test
+    matrices by default, the validation ones with split="val"."""
+    cached = _cached(tables, ("matrices", lineage, split),
+                     lambda: _matrices(tables, lineage, split))
     return {key: R.copy() for key, R in cached.items()}
 
 
-def _matrices(tables: SweepTables, lineage: bool) -> dict[tuple[str, str], np.ndarray]:
-    long = lineage_accuracy(tables, lineage=lineage)
+def _matrices(tables: SweepTables, lineage: bool, split: str
+              ) -> dict[tuple[str, str], np.ndarray]:
+    long = lineage_accuracy(tables, lineage=lineage, split=split)
     out = {}
     for (sweep, trial), g in long.groupby(["sweep", "trial_id"], sort=True):
         T = int(g.trained_task.max()) + 1
@@ -83,8 +105,11 @@ def trial_summary(tables: SweepTables, reference: str | Sequence | Mapping | Non
     """One row per trial: its CL summary (module docstring) and its group.
 
     Columns: sweep, trial_id, learner, group, seed, status, iteration (last reported), tasks
-    (rows of its matrix), final_acc, bwt, fwt, forgetting, intransigence, metric, score,
-    exploits (how often it was exploited), and `config.*` (final config).
+    (rows of its test matrix), final_acc, bwt, fwt, forgetting, intransigence (test), metric,
+    score (selected on), test_metric, test_score (reported), population (its PBT population,
+    None outside PBT), selected (it counts as an independent run: every trial outside PBT, the
+    best-scoring member of each population within its group), exploits (how often it was
+    exploited), and `config.*` (final config).
     """
     key = ("trial_summary", _key(reference), _key(baseline), lineage, by_sweep)
     if key[1] is None or key[2] is None:      # arrays: not worth caching
@@ -102,10 +127,13 @@ def _trial_summary(tables, reference, baseline, lineage, by_sweep) -> pd.DataFra
             .astype({"sweep": str, "trial_id": str}).set_index(["sweep", "trial_id"]))
     trials = _all_trials(tables)
     groups = group_labels(tables, trials, by_sweep=by_sweep)
+    populations = _populations(tables, trials)
+    tests = {s: test_metric(tables.metric(s)[0], tables.metric_names(s)) for s in tables.sweeps}
     rows = []
     for t in trials.itertuples(index=False):
         key = (t.sweep, t.trial_id)
         metric, _ = tables.metric(t.sweep)
+        test = tests.get(t.sweep)
         reported = last.loc[key] if key in last.index else None
         R = mats.get(key)
         row = {"sweep": t.sweep, "trial_id": t.trial_id, "learner": t.learner,
@@ -114,13 +142,17 @@ def _trial_summary(tables, reference, baseline, lineage, by_sweep) -> pd.DataFra
                "tasks": 0 if R is None else len(R),
                **_cl(R, refs.get(t.sweep), bases.get(t.sweep), _get(reported, "fwt")),
                "metric": metric, "score": _get(reported, metric),
+               "test_metric": test, "test_score": _get(reported, test) if test else None,
+               "population": populations.get(key), "selected": True,
                "exploits": len(lineage_of(tables, t.sweep).exploits.get(t.trial_id, []))}
         rows.append(row)
     columns = ["sweep", "trial_id", "learner", "group", "seed", "status", "iteration", "tasks",
                "final_acc", "bwt", "fwt", "forgetting", "intransigence", "metric", "score",
-               "exploits"]
+               "test_metric", "test_score", "population", "selected", "exploits"]
     out = pd.DataFrame(rows, columns=columns).astype({"seed": "Int64", "iteration": "Int64",
-                                                      "tasks": int, "exploits": int})
+                                                      "tasks": int, "exploits": int,
+                                                      "score": float, "test_score": float})
+    out["selected"] = _selected(tables, out)
     config = [c for c in trials.columns if c.startswith("config.")]
     out = out.merge(trials[["sweep", "trial_id", *config]], on=["sweep", "trial_id"],
                     how="left")
@@ -131,23 +163,31 @@ def group_summary(tables: SweepTables, by_sweep: bool = False,
                   reference: str | Sequence | Mapping | None = "joint",
                   baseline: Sequence | Mapping | None = None,
                   lineage: bool = True) -> pd.DataFrame:
-    """Mean and standard error of the mean (SEM, ddof=1; NaN for one trial) of each summary
-    metric over the trials of each group, best group first by mean score.
+    """Mean and standard error of the mean (SEM, ddof=1; NaN for one run) of each summary
+    metric over the independent runs of each group, best group first by mean score (selected
+    on validation; the test numbers beside it).
 
-    Columns: group, learner, sweeps, n, then <m>_mean and <m>_sem for m in SUMMARY_METRICS.
+    Independent runs only (module docstring): trials that differ by seed only, with no PBT
+    exploit between them. A PBT/PB2 population is one run, its selected member, never a sample
+    of several: one PBT sweep gives each group one value and no ±; several sweeps of the spec
+    with different seeds, loaded together, give ± over their populations.
+
+    Columns: group, learner, sweeps, n (independent runs), trials (all trials of the group),
+    then <m>_mean and <m>_sem for m in SUMMARY_METRICS.
     """
     summary = trial_summary(tables, reference=reference, baseline=baseline, lineage=lineage,
                             by_sweep=by_sweep)
-    columns = ["group", "learner", "sweeps", "n", *(f"{m}_{s}" for m in SUMMARY_METRICS
-                                                    for s in ("mean", "sem"))]
+    columns = ["group", "learner", "sweeps", "n", "trials",
+               *(f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "sem"))]
     if summary.empty:
         return pd.DataFrame(columns=columns)
     rows = []
     for group, g in summary.groupby("group", sort=False):
+        runs = g[g.selected]
         row = {"group": group, "learner": g.learner.iloc[0],
-               "sweeps": ", ".join(sorted(set(g.sweep))), "n": len(g)}
+               "sweeps": ", ".join(sorted(set(g.sweep))), "n": len(runs), "trials": len(g)}
         for m in SUMMARY_METRICS:
-            row[f"{m}_mean"], row[f"{m}_sem"] = mean_sem(g[m])
+            row[f"{m}_mean"], row[f"{m}_sem"] = mean_sem(runs[m])
         rows.append(row)
     out = pd.DataFrame(rows, columns=columns)
     _, mode = tables.metric()
@@ -158,8 +198,9 @@ def group_summary(tables: SweepTables, by_sweep: bool = False,
 def leaderboard(tables: SweepTables, reference: str | Sequence | Mapping | None = "joint",
                 baseline: Sequence | Mapping | None = None, lineage: bool = True,
                 by_sweep: bool = False) -> pd.DataFrame:
-    """Every trial's summary, best first by the sweep's metric (per sweep, in load order), with
-    a `rank` per sweep and only the `config.*` columns that vary."""
+    """Every trial's summary, best first by the sweep's metric (`score`: selected on validation,
+    per sweep, in load order; `test_score` and the CL summaries beside it are test numbers),
+    with a `rank` per sweep and only the `config.*` columns that vary."""
     summary = trial_summary(tables, reference=reference, baseline=baseline, lineage=lineage,
                             by_sweep=by_sweep)
     if summary.empty:
@@ -215,6 +256,34 @@ def group_labels(tables: SweepTables, trials: pd.DataFrame | None = None,
 
 
 # -- internals --------------------------------------------------------------------------------
+
+def _populations(tables: SweepTables, trials: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """{(sweep, trial_id): its PBT population} for the trials of PBT/PB2 sweeps: the trials that
+    exploit each other, i.e. share the value of `search.group_by` (all of them without it)."""
+    out = {}
+    for t in trials.to_dict("records"):
+        spec = tables.specs.get(t["sweep"], tables.spec)
+        if not _is_pbt(spec):
+            continue
+        by = (spec.get("search") or {}).get("group_by", "learner")
+        keys = [] if by is None else [by] if isinstance(by, str) else list(by)
+        values = [f"{k}={_fmt(t['learner'] if k == 'learner' else t.get(f'config.{k}'))}"
+                  for k in keys]
+        out[(t["sweep"], t["trial_id"])] = "/".join([t["sweep"], *values])
+    return out
+
+
+def _selected(tables: SweepTables, summary: pd.DataFrame) -> pd.Series:
+    """True for each independent run: every trial outside PBT, and per group the best-scoring
+    member of each PBT population (by the sweep's metric and mode; ties: the first trial)."""
+    selected = summary.population.isna()
+    for _, pop in summary[~selected].groupby(["group", "population"], sort=False):
+        mode = tables.metric(pop.sweep.iloc[0])[1]
+        best = pop.sort_values("score", ascending=(mode == "min"), na_position="last",
+                               kind="stable").index[0]
+        selected[best] = True
+    return selected.astype(bool)
+
 
 def _all_trials(tables: SweepTables) -> pd.DataFrame:
     """The trials table plus trials that reported metrics but have no trials row yet."""

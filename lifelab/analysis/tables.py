@@ -5,11 +5,15 @@ the store's live-row rule (lifelab.platform.store: one row per key, a resumed ru
 rows it re-reported) and returns a `SweepTables`:
 
   trials     one row per trial; `config_json` flattened into `config.<key>` columns (nested keys
-             joined with '.', e.g. `config.stream.tasks`; lists become tuples so they hash)
+             joined with '.', e.g. `config.stream.tasks`; lists become tuples so they hash); in
+             a sweep over several learners a key of another learner is blank (NaN): the trial
+             carried it but its learner never used it (lifelab.analysis.selection.foreign_keys)
   metrics    long: sweep, trial_id, iteration, time_s, name, value, run
   wide       one row per (sweep, trial_id, iteration), one column per metric name, plus time_s
   accuracy   the accuracy-matrix rows each trial computed itself:
-             sweep, trial_id, iteration, trained_task, eval_task, accuracy, run
+             sweep, trial_id, iteration, trained_task, eval_task, accuracy, run, split
+             (split "test" or "val": the test and the validation matrix; a store from before
+             validation splits has no split column and reads as "test")
   events     PBT exploits: sweep, trial_id, iteration, kind, donor, old_config_json,
              new_config_json, time, run
 
@@ -33,7 +37,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from lifelab.analysis.selection import foreign_keys
 from lifelab.errors import LifelabError, StorageError
+from lifelab.platform.config import SearchSettings
 from lifelab.platform.store import KEYS, SCHEMAS, ResultStore, live_rows, read_spec
 
 TABLES = tuple(SCHEMAS)
@@ -44,7 +50,8 @@ CATEGORICAL = {
     "accuracy": ("sweep", "trial_id"),
     "events": ("sweep", "trial_id", "kind", "donor"),
 }
-#: the continual-learning metrics learners report every round (lifelab.learners.base)
+#: the continual-learning metrics learners report every round (lifelab.learners.base), each
+#: with its validation twin `val_<name>` (lifelab.analysis.selection)
 CL_COLUMNS = ("acc_avg", "bwt", "forgetting", "tasks_seen")
 #: config keys that are seeds: trials differing only in these form one group
 SEED_KEYS = ("seed", "stream.seed")
@@ -82,10 +89,16 @@ class SweepTables:
         return list(self.specs) or [str(self.spec.get("name", ""))]
 
     def metric(self, sweep: str | None = None) -> tuple[str, str]:
-        """(metric, mode) the sweep's search optimised (default acc_avg, max)."""
+        """(metric, mode) the sweep's search selected on (default as a spec's: val_acc_avg, max)."""
         spec = self.specs.get(sweep, self.spec) if sweep is not None else self.spec
         search = spec.get("search") or {}
-        return str(search.get("metric") or "acc_avg"), str(search.get("mode") or "max")
+        return (str(search.get("metric") or SearchSettings.metric),
+                str(search.get("mode") or SearchSettings.mode))
+
+    def metric_names(self, sweep: str | None = None) -> set[str]:
+        """The names of the metrics recorded (by one sweep, or by any)."""
+        m = self.metrics if sweep is None else self.metrics[self.metrics.sweep == sweep]
+        return set(map(str, m.name.unique()))
 
     def sweep_of(self, trial_id: str, sweep: str | None = None) -> str:
         """The sweep label of a trial id (which must then be unambiguous) or check `sweep`."""
@@ -120,9 +133,10 @@ class SweepTables:
 
     # -- shortcuts to the analysis functions ---------------------------------------------------
 
-    def matrix(self, trial_id: str, sweep: str | None = None, lineage: bool = True):
+    def matrix(self, trial_id: str, sweep: str | None = None, lineage: bool = True,
+               split: str = "test"):
         from lifelab.analysis.lineage import accuracy_matrix
-        return accuracy_matrix(self, trial_id, sweep=sweep, lineage=lineage)
+        return accuracy_matrix(self, trial_id, sweep=sweep, lineage=lineage, split=split)
 
     def summary(self, reference: str | Sequence | Mapping | None = "joint",
                 baseline: Sequence | Mapping | None = None, lineage: bool = True,
@@ -135,7 +149,8 @@ class SweepTables:
     def groups(self, reference: str | Sequence | Mapping | None = "joint",
                baseline: Sequence | Mapping | None = None, lineage: bool = True,
                by_sweep: bool = False) -> pd.DataFrame:
-        """Mean and SEM of each summary metric per group of trials (`summaries.group_summary`)."""
+        """Mean and SEM of each summary metric over each group's independent runs (a PBT
+        population counts once: `summaries.group_summary`)."""
         from lifelab.analysis.summaries import group_summary
         return group_summary(self, reference=reference, baseline=baseline, lineage=lineage,
                              by_sweep=by_sweep)
@@ -187,6 +202,7 @@ def load(sweeps: str | Sequence[str], *, labels: Sequence[str] | None = None,
             df = read_table(uri, table, metric_names if table == "metrics" else None)
             frames[table].append(_label(df, table, label))
     tables = {t: _typed(t, _concat(dfs)) for t, dfs in frames.items()}
+    tables["trials"] = _own_config(tables["trials"])
     return SweepTables(spec=specs[0], specs=dict(zip(labels, specs, strict=True)),
                        uris=dict(zip(labels, uris, strict=True)), **tables)
 
@@ -212,6 +228,8 @@ def read_table(sweep: str, table: str, metric_names: Sequence[str] | None = None
                            "path and that the storage is readable") from None
     for col in cats:
         df[col] = df[col].cat.reorder_categories(sorted(df[col].cat.categories))
+    if table == "accuracy":     # rows from before validation splits were scored on test data
+        df["split"] = df["split"].fillna("test")
     return _live(table, df)
 
 
@@ -317,6 +335,25 @@ def _typed(table: str, df: pd.DataFrame) -> pd.DataFrame:
     flat = flat.drop(columns=[c for c in flat if c == "learner"])
     flat.columns = [f"config.{c}" for c in flat.columns]
     return pd.concat([df, flat], axis=1).sort_values(["sweep", "trial_id"]).reset_index(drop=True)
+
+
+def _own_config(trials: pd.DataFrame) -> pd.DataFrame:
+    """Blank each trial's `config.*` columns of keys its learner lacks (another learner's keys,
+    which every trial of a sweep over several learners carries unused)."""
+    if trials.empty or trials.groupby("sweep").learner.nunique().max() < 2:
+        return trials
+    trials = trials.copy()
+    for _, part in trials.groupby("sweep"):
+        for learner, keys in foreign_keys(part.learner.dropna()).items():
+            rows = part.index[part.learner == learner]
+            cols = [c for c in trials if c.startswith("config.")
+                    and c[len("config."):].split(".", 1)[0] in keys]
+            for col in cols if len(rows) else ():
+                if not pd.api.types.is_float_dtype(trials[col]):   # room for NaN
+                    trials[col] = trials[col].astype(
+                        float if pd.api.types.is_integer_dtype(trials[col]) else object)
+                trials.loc[rows, col] = np.nan
+    return trials
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:

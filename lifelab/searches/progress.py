@@ -1,9 +1,16 @@
 """The live progress display of `lifelab sweep` and `lifelab resume`.
 
-Every `interval_s` seconds (and once at the end) it prints one table of the population: each
-trial's learner, status and round, the spec's metric (last and best so far) and the current value
-of every searched or mutated parameter, which changes as PBT exploits and explores. It replaces
-Tune's own table, which shows only parameters sampled at the start, not what PBT mutates.
+Every `interval_s` seconds (and once at the end) it prints one table of the population, best
+first by the spec's metric: each trial's learner, status and round, the metric and its twin on the
+other split (the test `acc_avg` beside the selection metric `val_acc_avg`), and the current value
+of every searched or mutated parameter the trial's learner has ("-" for another learner's key),
+which changes as PBT exploits and explores. It replaces Tune's own table, which shows only
+parameters sampled at the start, not what PBT mutates.
+
+A continual-learning metric shows its last reported value: its value at the end of the stream once
+the trial finished (its best round would be the first task's accuracy, which says nothing). Any
+other metric (e.g. a teacher's loss_ratio_adam, a fresh evaluation of the current state each
+round, each round checkpointed) also shows its best so far, and ranks by it.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import time
 import pandas as pd
 from ray import tune
 
+from lifelab.analysis.selection import foreign_keys, is_cl_metric, twin
 from lifelab.platform.config import SweepSpec, is_distribution
 
 DEFAULT_INTERVAL_S = 10.0
@@ -38,19 +46,29 @@ class ProgressCallback(tune.Callback):
     def __init__(self, spec: SweepSpec, interval_s: float = DEFAULT_INTERVAL_S):
         self.name = spec.name
         self.metric, self.mode = spec.search.metric, spec.search.mode
+        self.twin = twin(self.metric)        # None: no twin, or one recognised from results
+        self.cl = is_cl_metric(self.metric)
         self.keys = searched_keys(spec)
+        # a key of another learner is carried by every trial of a multi-learner sweep, unused
+        self.foreign = foreign_keys(spec.learner_names()) if "learner" in self.keys else {}
         self.interval_s = interval_s
         self.best: dict[str, float] = {}
         self.last: dict[str, float] = {}
+        self.twin_last: dict[str, float] = {}
         self._printed_at = time.monotonic()
 
     def __getstate__(self) -> dict:
         # pickled with the experiment; a resumed sweep fills these from the trials' new results
-        return {**self.__dict__, "best": {}, "last": {}}
+        return {**self.__dict__, "best": {}, "last": {}, "twin_last": {}}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if not self.cl and twin(self.metric, result):       # e.g. a learner's own metric
+            self.cl, self.twin = True, twin(self.metric, result)
+        other = result.get(self.twin) if self.twin else None
+        if _finite(other):
+            self.twin_last[trial.trial_id] = other
         value = result.get(self.metric)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not _finite(value):
             return
         self.last[trial.trial_id] = value
         best = self.best.get(trial.trial_id)
@@ -66,19 +84,36 @@ class ProgressCallback(tune.Callback):
         print(self.table(trials), flush=True)
 
     def table(self, trials) -> str:
+        # a CL metric ranks by its value at the end of the stream (the last reported), any
+        # other by its best so far
+        rank = self.metric if self.cl else f"best {self.metric}"
         rows = [{"trial": t.trial_id, "status": t.status,
                  "round": (t.last_result or {}).get("training_iteration", 0),
                  self.metric: self.last.get(t.trial_id, math.nan),
-                 f"best {self.metric}": self.best.get(t.trial_id, math.nan),
-                 **{key: show(t.config.get(key, "-")) for key in self.keys}}
+                 **({self.twin: self.twin_last.get(t.trial_id, math.nan)} if self.cl else
+                    {rank: self.best.get(t.trial_id, math.nan)}),
+                 **{key: self._shown(t.config, key) for key in self.keys}}
                 for t in trials]
         if not rows:
             return f"{self.name}: no trial yet"
-        frame = pd.DataFrame(rows).sort_values(f"best {self.metric}",
-                                               ascending=self.mode == "min", na_position="last")
+        frame = pd.DataFrame(rows).sort_values(rank, ascending=self.mode == "min",
+                                               na_position="last", kind="stable")
+        if self.cl and not self.twin_last:          # e.g. no validation split: no twin
+            frame = frame.drop(columns=[self.twin])
         counts = frame["status"].value_counts()
+        beside = f", {self.twin} beside it" if self.cl and self.twin_last else ""
         head = (f"{self.name}: {len(frame)} trials ("
                 + ", ".join(f"{n} {status.lower()}" for status, n in counts.items())
-                + f"), {self.metric} ({self.mode}) at {time.strftime('%H:%M:%S')}")
+                + f"), {self.metric} ({self.mode}){beside} at {time.strftime('%H:%M:%S')}")
         body = frame.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}")
         return f"\n{head}\n{body}"
+
+    def _shown(self, config: dict, key: str) -> str:
+        if key in self.foreign.get(str(config.get("learner")), ()):
+            return "-"
+        return show(config.get(key, "-"))
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)

@@ -6,6 +6,7 @@ from typing import Any
 
 from ray import tune
 
+from lifelab.analysis.selection import learner_keys
 from lifelab.platform.config import SweepSpec, is_distribution
 
 
@@ -33,7 +34,10 @@ def param_space(spec: SweepSpec) -> dict:
 
     space = {key: convert(value) for key, value in spec.config.items()}
     # under protocol first_tasks the search runs on the tuning stream (spec.search_stream)
-    space.update(learner=convert(spec.learner), stream=spec.search_stream(), seed=spec.seed)
+    stream = {key: convert(value) for key, value in spec.search_stream().items()}
+    space.update(learner=convert(spec.learner), stream=stream, seed=convert(spec.seed))
+    if is_distribution(spec.seed):     # each trial runs under the seed it drew, as given
+        space["lifelab_seed_searched"] = True
     if spec.schedule:                  # a PBT schedule to replay (an evaluation sweep)
         space["lifelab_schedule"] = spec.schedule
     return space
@@ -44,3 +48,11 @@ def mutations(spec: SweepSpec) -> dict:
     resamples); a distribution is resampled or scaled by 0.8/1.2."""
     return {key: value if isinstance(value, list) else to_tune(value)
             for key, value in spec.search.mutations.items()}
+
+
+def learner_mutations(mutations: dict, config: dict) -> dict:
+    """The mutations a trial can take: those of keys its learner (`config["learner"]`) has,
+    since a sweep over several learners gives every trial every learner's keys; all of them
+    when the learner's class cannot be resolved."""
+    keys = learner_keys(config.get("learner"))
+    return dict(mutations) if keys is None else {k: v for k, v in mutations.items() if k in keys}

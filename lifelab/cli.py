@@ -150,7 +150,8 @@ def _finish(sweep_uri: str, results) -> int:
     for result in results:             # why, in one line each (Ray's tracebacks are hidden)
         if result.error:
             lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
-            trial = result.metrics.get("trial_id") or result.path.rstrip("/").split("/")[-1]
+            trial = (result.metrics or {}).get("trial_id") or \
+                str(result.path).rstrip("/").split("/")[-1]
             print(f"  trial {trial}: {lines[-1] if lines else type(result.error).__name__}")
     print(f"results: {sweep_uri}/results  (tables: trials, metrics, accuracy, events)")
     print("read them with pandas:")

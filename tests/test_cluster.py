@@ -28,5 +28,7 @@ def test_unreachable_cluster_is_one_clear_error(monkeypatch, failure):
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)
+    # (a port that answers, but no Ray behind it: what Ray itself reports)
+    monkeypatch.setattr("lifelab.platform.cluster._reachable", lambda address: None)
     with pytest.raises(ClusterError, match="cannot connect to head.invalid:6379.*ray start --head"):
         connect("head.invalid:6379")

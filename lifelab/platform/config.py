@@ -6,6 +6,7 @@ This module checks the spec's own shape; what a learner accepts is checked by th
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -20,10 +21,15 @@ from lifelab.platform.yamlsafe import check_depth, load_yaml
 SCHEDULERS = ("fifo", "pbt", "pb2", "asha")
 POPULATION_SCHEDULERS = ("pbt", "pb2")   # exploit/explore with mutations
 SEARCHERS = ("random", "optuna", "grid")
+# experiment trackers (lifelab/searches/trackers.py) and the package each one imports
+LOGGER_PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
+LOGGERS = tuple(LOGGER_PACKAGES)
+DEFAULT_LOGGERS = ("tensorboard",)
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")   # fullmatch: no path, no newline
 MAX_SAMPLES = 10_000      # trials a sweep may ask for (each one is an actor and a checkpoint)
 MAX_SEED = 2**62          # seeds of trials (seed + index) stay within torch's 64-bit range
+MAX_VARIANTS = 256        # concrete streams one sweep may span
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,22 @@ class SweepSpec:
     search: SearchSettings
     stop: dict                          # {rounds: N}; empty = until every learner is done
     resources: dict                     # {cpu: float, gpu: float | "auto"}
-    seed: int = 0
+    seed: Any = 0                       # an int, or {choice|grid: [ints]}
     code: list = field(default_factory=list)   # local package folders shipped to the workers
     # tuning protocol: {kind: validation} or {kind: first_tasks, k: K, seed: S | null}
     protocol: dict = field(default_factory=lambda: {"kind": "validation"})
     final: dict = field(default_factory=dict)  # {seeds: N}: evaluate the selection at the end
     schedule: list = field(default_factory=list)   # [[iteration, {key: value}], ...] to replay
     evaluates: dict = field(default_factory=dict)  # what an evaluation sweep re-runs (provenance)
+    loggers: list = field(default_factory=lambda: list(DEFAULT_LOGGERS))   # experiment trackers
+
+    def stream_variants(self) -> list[dict]:
+        """Every concrete evaluation and search stream a trial can get."""
+        return [*stream_variants(self.stream), *stream_variants(self.search_stream())]
+
+    def seeds(self) -> list[int]:
+        """The sweep's seed, or each seed of a {choice|grid: [...]} over seeds."""
+        return list(next(iter(self.seed.values()))) if is_distribution(self.seed) else [self.seed]
 
     def search_stream(self) -> dict:
         """The stream the search runs on: the evaluation stream, or under protocol first_tasks
@@ -82,7 +97,7 @@ class SweepSpec:
 
 
 SPEC_KEYS = ("name", "learner", "stream", "config", "search", "stop", "resources", "seed",
-             "code", "protocol", "final", "schedule", "evaluates")
+             "code", "protocol", "final", "schedule", "evaluates", "loggers")
 PROTOCOLS = ("validation", "first_tasks")
 SEARCH_KEYS = tuple(SearchSettings.__dataclass_fields__)
 
@@ -131,6 +146,12 @@ def parse_spec(data: dict, default_name: str) -> SweepSpec:
         raise ConfigError("learner must be a name or {choice: [names]}, "
                           f"got {type(learner).__name__}")
     stream = _mapping("stream", data.get("stream", {}))
+    for key, value in stream.items():             # a sweep may span streams and scenarios
+        if is_distribution(value):
+            check_distribution(f"stream.{key}", value, allowed=("choice", "grid"))
+    if len(stream_variants(stream)) > MAX_VARIANTS:
+        raise ConfigError(f"stream spans more than {MAX_VARIANTS} combinations: search fewer "
+                          "stream values at once")
     config = _mapping("config", data.get("config", {}))
     for key, value in config.items():
         if not isinstance(key, str):
@@ -151,9 +172,16 @@ def parse_spec(data: dict, default_name: str) -> SweepSpec:
     if resources["gpu"] != "auto":
         _number("resources.gpu", resources["gpu"], low=0)
     seed = data.get("seed", 0)
-    _int("seed", seed, low=0, high=MAX_SEED)
+    if is_distribution(seed):                     # independent runs over seeds in one sweep
+        check_distribution("seed", seed, allowed=("choice", "grid"))
+        for value in next(iter(seed.values())):
+            _int("seed", value, low=0, high=MAX_SEED)
+    else:
+        _int("seed", seed, low=0, high=MAX_SEED)
     grids = [f"config.{k}" for k, v in config.items() if is_distribution(v) and "grid" in v]
     grids += ["learner"] if isinstance(learner, dict) and "grid" in learner else []
+    grids += [f"stream.{k}" for k, v in stream.items() if is_distribution(v) and "grid" in v]
+    grids += ["seed"] if is_distribution(seed) and "grid" in seed else []
     if search.searcher == "optuna" and grids:
         raise ConfigError(f"search.searcher optuna cannot take grid ({', '.join(grids)}): "
                           "use {choice: [...]} instead")
@@ -172,7 +200,35 @@ def parse_spec(data: dict, default_name: str) -> SweepSpec:
                      stop=stop, resources=resources, seed=seed, code=code,
                      protocol=_protocol(data.get("protocol"), stream), final=_final(data),
                      schedule=_schedule(data.get("schedule")),
-                     evaluates=_mapping("evaluates", data.get("evaluates")))
+                     evaluates=_mapping("evaluates", data.get("evaluates")),
+                     loggers=check_loggers(data.get("loggers", list(DEFAULT_LOGGERS))))
+
+
+def check_loggers(loggers: Any) -> list[str]:
+    """A list of known trackers (duplicates dropped), each with its package installed; checked
+    before Ray starts, like everything in a spec."""
+    import importlib.util
+
+    if not isinstance(loggers, list) or not all(isinstance(n, str) for n in loggers):
+        raise ConfigError(f"loggers must be a list of tracker names ({', '.join(LOGGERS)}), "
+                          f"got {loggers!r}")
+    for name in loggers:
+        _one_of("loggers:", name, LOGGERS)
+        package = LOGGER_PACKAGES[name]
+        if importlib.util.find_spec(package) is None:
+            how = "pip install tensorboardX" if name == "tensorboard" else \
+                "pip install 'lifelab[trackers]'"
+            raise ConfigError(f"logger {name} needs the package {package}, which is not "
+                              f"installed: {how}")
+    return list(dict.fromkeys(loggers))
+
+
+def stream_variants(stream: dict) -> list[dict]:
+    """`stream` with each {choice|grid: [...]} value enumerated: every concrete stream."""
+    keys = [k for k, v in stream.items() if is_distribution(v)]
+    values = [next(iter(stream[k].values())) for k in keys]
+    return [{**stream, **dict(zip(keys, combo, strict=True))}
+            for combo in itertools.product(*values)]
 
 
 def _protocol(value: Any, stream: dict) -> dict:

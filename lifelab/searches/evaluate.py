@@ -19,8 +19,7 @@ import math
 import pandas as pd
 
 from lifelab.errors import ConfigError
-from lifelab.platform.config import POPULATION_SCHEDULERS, SweepSpec
-from lifelab.platform.store import join
+from lifelab.platform.config import POPULATION_SCHEDULERS, SweepSpec, is_distribution
 from lifelab.searches.launch import read_sweep_spec, storage_uri
 from lifelab.trainables.registry import learner_class
 
@@ -64,14 +63,14 @@ def evaluation_spec(search_uri: str, seeds: int, name: str | None = None) -> dic
     return {
         "name": name or f"{spec.name}{EVAL_SUFFIX}",
         "learner": str(row.learner),
-        "stream": spec.stream,                          # the evaluation stream
+        "stream": evaluation_stream(spec.stream, json.loads(row.config_json)["stream"]),
         "config": config, "schedule": schedule, "code": spec.code,
         "search": {"scheduler": "fifo", "samples": seeds, "metric": metric, "mode": mode,
                    "select_on_test": spec.search.select_on_test},
         "stop": {},                                     # to the end of the evaluation stream
         "resources": spec.resources,
         # fresh seeds: past every seed the search's trials used (seed + trial index)
-        "seed": spec.seed + len(tables.trials),
+        "seed": max(spec.seeds()) + len(tables.trials),
         "evaluates": {"sweep": search_uri, "trial": trial_id, "metric": metric,
                       "value": value, "protocol": spec.protocol,
                       "tuning_stream": spec.search_stream()},
@@ -90,8 +89,11 @@ def run_evaluation(search_dir: str, seeds: int, name: str | None = None,
     return run_sweep(spec, storage=storage, address=address, progress_s=progress_s)
 
 
-def evaluation_uri(search_uri: str, spec: SweepSpec) -> str:
-    return join(search_uri.rstrip("/").rsplit("/", 1)[0], f"{spec.name}{EVAL_SUFFIX}")
+def evaluation_stream(stream: dict, trial_stream: dict) -> dict:
+    """The evaluation stream of the selected trial: the spec's stream, with the values the trial
+    drew where the spec searched over stream keys (the trial itself may have run on a tuning
+    stream, which differs in its tasks or seed)."""
+    return {k: trial_stream[k] if is_distribution(v) else v for k, v in stream.items()}
 
 
 def summary_lines(tables, metric: str) -> list[str]:

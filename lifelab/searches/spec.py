@@ -30,7 +30,8 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_spec(source: str, name: str | None = None, samples: int | None = None) -> SweepSpec:
+def load_spec(source: str, name: str | None = None, samples: int | None = None,
+              seed: int | None = None) -> SweepSpec:
     """A preset name or a YAML path -> a validated spec, with CLI overrides applied."""
     if source in preset_names():
         text = (resources.files("lifelab.searches") / "presets" / f"{source}.yaml").read_text()
@@ -43,6 +44,8 @@ def load_spec(source: str, name: str | None = None, samples: int | None = None) 
                           f"{', '.join(preset_names())} or the path of a YAML spec")
     if name is not None:
         data = {**data, "name": name}
+    if seed is not None:
+        data = {**data, "seed": seed}
     if samples is not None and isinstance(data.get("search") or {}, dict):
         # (a non-mapping `search` is left for parse_spec to report)
         data = {**data, "search": {**(data.get("search") or {}), "samples": samples}}
@@ -110,9 +113,10 @@ def check_learners(spec: SweepSpec) -> None:
     varying += [(f"schedule.{it}.{k}", k, [v]) for it, changes in spec.schedule
                 for k, v in changes.items()]
     for learner, cls in classes.items():
-        cls.validate_config({"stream": spec.search_stream(), "seed": spec.seed})
-        common = {"stream": spec.stream, "seed": spec.seed}
-        cls.validate_config(common)                 # stream errors name stream.<key> themselves
+        variants = spec.stream_variants()
+        for stream in variants:                     # stream errors name stream.<key> themselves
+            cls.validate_config({"stream": stream, "seed": spec.seeds()[0]})
+        common = {"stream": variants[0], "seed": spec.seeds()[0]}
         own = {k: v for k, v in constants.items() if k in cls.params}
         for key, value in own.items():
             _validate(cls, f"config.{key}", {**common, key: value})
@@ -150,8 +154,8 @@ def check_selection(spec: SweepSpec, cls: type, reported: tuple[str, ...]) -> No
         raise ConfigError(f"search.metric '{metric}' is scored on test data: select on "
                           f"'val_{metric}' (validation data), or set search.select_on_test: true "
                           "to select on test data knowingly")
-    stream = cls.validate_stream(spec.stream)
-    if metric.startswith("val_") and getattr(stream, "validation", 1) == 0:
+    streams = [cls.validate_stream(s) for s in spec.stream_variants()]
+    if metric.startswith("val_") and any(getattr(s, "validation", 1) == 0 for s in streams):
         raise ConfigError(f"search.metric '{metric}' needs a validation split, but "
                           "stream.validation is 0: set stream.validation (e.g. 0.1)")
 

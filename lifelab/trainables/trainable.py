@@ -33,7 +33,10 @@ CHECKPOINT_FILE = "learner.pt"
 
 
 def trial_seed(config: dict, trial_id: str) -> int:
-    """Each trial's seed: the sweep's seed plus the trial's index, so trials differ reproducibly."""
+    """Each trial's seed: the sweep's seed plus the trial's index, so trials differ reproducibly;
+    the seed it drew when the spec searches over seeds."""
+    if config.get("lifelab_seed_searched"):
+        return int(config["seed"])
     index = trial_id.rsplit("_", 1)[-1]
     return int(config.get("seed", 0)) + (int(index) if index.isdigit() else 0)
 
@@ -45,13 +48,14 @@ def learner_config(cls: type, config: dict, trial_id: str) -> dict:
 
 
 class LearnerTrainable(tune.Trainable):
-    """Drives `config['learner']`; `data` is the stream's dataset, shared via the object store;
+    """Drives `config['learner']`; `data` maps each dataset name the sweep's streams use to the
+    dataset, shared via the object store;
     `learners` maps the spec's learner names to the classes the driver resolved (so a learner
     registered only in the driver's process reaches the workers too)."""
 
-    def setup(self, config: dict, data: Dataset | None = None,
+    def setup(self, config: dict, data: dict[str, Dataset] | None = None,
               learners: dict[str, type] | None = None) -> None:
-        self._data = data
+        self._datasets = data or {}
         self._learners = learners or {}
         cpus = self.trial_resources.required_resources.get("CPU", 1) if self.trial_resources \
             else 1
@@ -68,7 +72,7 @@ class LearnerTrainable(tune.Trainable):
     def _make_learner(self, config: dict) -> None:
         cls = self._learners.get(config["learner"]) or learner_class(config["learner"])
         self.learner = cls(learner_config(cls, config, self.trial_id), device=self._device(),
-                           data=self._data)
+                           data=self._datasets.get(config["stream"].get("dataset", "mnist5k")))
         self._learner_config = config
 
     def _config_at(self, iteration: int) -> dict:

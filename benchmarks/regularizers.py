@@ -135,7 +135,7 @@ def fisher_timing(samples: int, repeats: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    data = load_dataset("mnist5k")
+    data = load_dataset("mnist5k").flat()
     x, y = data.x_train[:samples], data.y_train[:samples]
     model = nn.Sequential(nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(),
                           nn.Linear(400, 10))

@@ -1,9 +1,11 @@
 """The shared continual-learning loop, on the Learner contract (`lifelab.learners.contract`).
 
 `ContinualLearner` implements the loop every continual learner shares: train the current task for
-`stream.steps_per_task` optimizer steps, evaluate on every task seen so far, append that row to
-the accuracy matrix, move on. A round is `steps_per_round` steps (0: one whole task), cut at task
-boundaries so every matrix row is reported in the round that finished its task.
+`stream.steps_per_task` optimizer steps (or `stream.epochs_per_task` epochs' worth), evaluate on
+every task seen so far, append that row to the accuracy matrix, move on. A round is
+`steps_per_round` steps (0: one whole task), cut at task boundaries so every matrix row is
+reported in the round that finished its task. The network is the `backbone` key's
+(`lifelab.learners.backbones`: the MLP, a small CNN or a reduced ResNet-18).
 
 Subclasses change one thing each: the batches of a step (`training_batches`), an extra loss term
 (`penalty`), what happens around the optimizer step (`before_step`, `after_step`) and when a task
@@ -32,6 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lifelab.errors import ConfigError
+from lifelab.learners.backbones import BACKBONES, Precision, build_backbone
 from lifelab.learners.contract import (  # noqa: F401  (re-exported: learners import them here)
     COMMON_KEYS,
     Evaluation,
@@ -49,11 +53,18 @@ from lifelab.platform.streams import Stream, StreamConfig, build_stream
 
 
 class ContinualLearner(Learner):
-    """The shared continual-learning loop over an MLP with one output unit per stream class."""
+    """The shared continual-learning loop over a backbone with one output unit per stream class."""
 
     name = "continual"
     params: dict[str, Param] = {
         "hidden": Param([100, 100], list, doc="hidden layer sizes of the MLP"),
+        "backbone": Param("mlp", str, choices=BACKBONES,
+                          doc="network: mlp (sized by hidden), cnn or resnet18 (sized by nf)"),
+        "nf": Param(20, int, positive=True, high=512,
+                    doc="channels of the first conv layer of cnn / resnet18 (GEM: 20)"),
+        "amp": Param(True, bool, doc="on CUDA: bf16 (else fp16) mixed precision; off on CPU"),
+        "channels_last": Param(True, bool, doc="on CUDA: channels-last conv nets; off on CPU"),
+        "compile": Param(False, bool, doc="torch.compile the model"),
         "lr": Param(1e-3, float, positive=True, doc="learning rate"),
         "optimizer": Param("adam", str, choices=("adam", "sgd"), doc="optimizer"),
         "momentum": Param(0.0, float, low=0.0, doc="SGD momentum"),
@@ -67,7 +78,7 @@ class ContinualLearner(Learner):
     #: defined from the second finished task on: not in every round, so no search selects on them
     partial_metrics = ("bwt", "forgetting", "val_bwt", "val_forgetting")
     #: keys whose change alters parameter shapes (an `adapt` is needed to load across them)
-    architecture_keys: tuple[str, ...] = ("hidden",)
+    architecture_keys: tuple[str, ...] = ("hidden", "backbone", "nf")
 
     def __init__(self, config: dict, device: str | torch.device = "cpu",
                  data: Dataset | None = None):
@@ -75,12 +86,13 @@ class ContinualLearner(Learner):
         stream_config: StreamConfig = self.config["stream"]
         data = data if data is not None else load_stream_dataset(stream_config)
         self.stream: Stream = build_stream(stream_config, data).to(self.device)
-        self.steps_per_task = stream_config.steps_per_task
+        self.steps_per_task = self.stream.steps_per_task(self.config["batch_size"])
         with torch.random.fork_rng(devices=[]):   # model init from the seed, global RNG untouched
             torch.manual_seed(self.config["seed"])
             self.model = self.build_model().to(self.device)
         self.generator = torch.Generator().manual_seed(self.config["seed"])
         self.optimizer = self.build_optimizer()
+        self.precision = Precision(self.device, self.config.get("amp", False))
         self.task = 0                      # the task being trained
         self.step_in_task = 0
         self.view_rows: dict[str, list[list[float]]] = {}  # the same under "til" / "cil"
@@ -88,15 +100,26 @@ class ContinualLearner(Learner):
         self.val_view_rows: dict[str, list[list[float]]] = {}
         self.splits = ("test", "val") if self.stream.tasks[0].num_val else ("test",)
 
+    @classmethod
+    def validate_config(cls, config: dict) -> dict:
+        full = super().validate_config(config)
+        if full.get("backbone", "mlp") != "mlp" and cls.build_model is not \
+                ContinualLearner.build_model:
+            raise ConfigError(f"learner '{cls.name}' builds its own model, so backbone "
+                              f"{full['backbone']} would do nothing: remove the backbone key")
+        return full
+
     # -- building blocks subclasses may override -----------------------------------------------
 
     def build_model(self) -> nn.Module:
-        sizes = [self.stream.input_dim, *self.config["hidden"]]
-        layers: list[nn.Module] = []
-        for n_in, n_out in zip(sizes, sizes[1:], strict=False):
-            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
-        layers.append(nn.Linear(sizes[-1], self.stream.num_outputs))
-        return nn.Sequential(*layers)
+        config = self.config
+        model = build_backbone(config.get("backbone", "mlp"), self.stream.input_shape,
+                               self.stream.num_outputs, config["hidden"], config.get("nf", 20),
+                               channels_last=config.get("channels_last", False)
+                               and self.device.type == "cuda")
+        if config.get("compile", False):
+            model.compile()          # in place: parameter names (and checkpoints) unchanged
+        return model
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         if self.config["optimizer"] == "sgd":
@@ -135,7 +158,8 @@ class ContinualLearner(Learner):
 
     def sample(self, task: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(self.stream.tasks[task].num_train, (n,), generator=self.generator)
-        return self.stream.tasks[task].train_batch(idx.to(self.device))
+        # augmentation (if the stream has one) draws from the same seeded generator
+        return self.stream.tasks[task].train_batch(idx.to(self.device), self.generator)
 
     def logits(self, x: torch.Tensor, task: int) -> torch.Tensor:
         """Logits of the output units `task` uses, given the tasks seen so far."""
@@ -149,12 +173,16 @@ class ContinualLearner(Learner):
         self.model.train()
         chunks = self.training_batches()
         self.batch_total = sum(len(y) for _, _, y in chunks)
-        loss = sum(self.summed_loss(x, y, t) for t, x, y in chunks) / self.batch_total
-        loss = loss + self.penalty()
+        with self.precision.autocast():          # CUDA mixed precision; nothing on CPU
+            losses = [self.summed_loss(x, y, t) for t, x, y in chunks]
+            loss = (losses[0] if len(losses) == 1 else sum(losses)) / self.batch_total
+        penalty = self.penalty()
+        if not isinstance(penalty, float) or penalty != 0.0:   # no-op adds cost a small net 10%
+            loss = loss + penalty
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.precision.backward(loss, self.optimizer)
         self.before_step()
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         self.after_step()
         return loss.detach()
 
@@ -247,6 +275,7 @@ class ContinualLearner(Learner):
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "precision": self.precision.state_dict(),
             "task": self.task,
             "step_in_task": self.step_in_task,
             "rows": [list(row) for row in self.rows],
@@ -264,6 +293,7 @@ class ContinualLearner(Learner):
         override_hyperparameters(self.optimizer, lr=self.config["lr"],
                                  momentum=self.config["momentum"])
         self.generator.set_state(state["generator"])
+        self.precision.load_state_dict(state.get("precision", {}))
         self.task = state["task"]
         self.step_in_task = state["step_in_task"]
         self.rows = [list(row) for row in state["rows"]]

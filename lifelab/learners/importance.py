@@ -2,7 +2,10 @@
 
 Each function takes the model, `outputs(x)` (the logits of the units the finished task uses)
 and that task's samples, and returns one tensor per trainable parameter, named as in
-`model.named_parameters()`. Per-sample statistics come from `lifelab.learners.persample`.
+`model.named_parameters()`. Per-sample statistics come from `lifelab.learners.persample`, exact
+for linear, convolution and batch-norm layers alike. All three run the model in eval mode: batch
+norm uses its running statistics (not updated here, and not regularised: they are buffers);
+its weight and bias get importances like any parameter.
 
 - `fisher_diagonal`: (1/N) sum_n (d log p(y_n|x_n) / d theta)^2, with y_n drawn from the model's
   own predictive distribution (the true Fisher, default) or the dataset label (the empirical one).
@@ -20,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lifelab.learners.persample import grad_power_sum
+from lifelab.learners.persample import eval_mode, grad_power_sum
 
 Outputs = Callable[[torch.Tensor], torch.Tensor]
 FISHER_KINDS = ("true", "empirical")
@@ -81,17 +84,18 @@ def scp_importance(model: nn.Module, outputs: Outputs, x: torch.Tensor,
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     jacobian: dict[str, torch.Tensor] | None = None
-    for start in range(0, len(x), chunk_size):
-        total = outputs(x[start:start + chunk_size]).sum(dim=0)         # (C,)
-        eye = torch.eye(len(total), device=total.device, dtype=total.dtype)
-        grads = torch.autograd.grad(total, list(params.values()), grad_outputs=eye,
-                                    is_grads_batched=True, allow_unused=True)
-        if jacobian is None:
-            jacobian = {n: torch.zeros(len(total), *p.shape, device=p.device, dtype=p.dtype)
-                        for n, p in params.items()}
-        for name, g in zip(params, grads, strict=True):
-            if g is not None:
-                jacobian[name] += g
+    with eval_mode(model):
+        for start in range(0, len(x), chunk_size):
+            total = outputs(x[start:start + chunk_size]).sum(dim=0)         # (C,)
+            eye = torch.eye(len(total), device=total.device, dtype=total.dtype)
+            grads = torch.autograd.grad(total, list(params.values()), grad_outputs=eye,
+                                        is_grads_batched=True, allow_unused=True)
+            if jacobian is None:
+                jacobian = {n: torch.zeros(len(total), *p.shape, device=p.device,
+                                           dtype=p.dtype) for n, p in params.items()}
+            for name, g in zip(params, grads, strict=True):
+                if g is not None:
+                    jacobian[name] += g
     assert jacobian is not None, "scp_importance needs at least one sample"
     directions = directions.to(x.device)
     m = directions.T @ directions / len(directions)                      # (C, C)

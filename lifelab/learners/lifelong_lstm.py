@@ -199,7 +199,7 @@ class LifelongLSTM(Learner):
             torch.manual_seed(self.config["seed"])
             self.model = TypesABC(data.input_dim, self.answers, len(stream.groups),
                                   self.config).to(self.device)
-            self.model.pixel_mean.copy_(data.x_train.mean(dim=0))
+            self.model.pixel_mean.copy_(data.flat().x_train.mean(dim=0))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config["lr"])
         self.generator = torch.Generator().manual_seed(self.config["seed"])
         # held-out episodes: fixed by stream.seed, the same for every round and trial

@@ -148,8 +148,9 @@ class EpisodeSampler:
             raise ConfigError(f"stream.groups names label {max(config.classes)} but "
                               f"{dataset.name} has labels 0..{dataset.num_classes - 1}: "
                               "fix stream.groups")
-        x, y = (dataset.x_train, dataset.y_train) if split == "train" else \
-            (dataset.x_test, dataset.y_test)
+        flat = dataset.flat()           # episodes show float rows (N, D)
+        x, y = (flat.x_train, flat.y_train) if split == "train" else \
+            (flat.x_test, flat.y_test)
         self.config = config
         self.x = x
         classes = torch.tensor(config.classes)

@@ -8,7 +8,7 @@ from lifelab.platform.data import Dataset, load_dataset
 def noisy_mnist() -> Dataset:
     """MNIST-5k under fixed Gaussian pixel noise: flattened float pixels in [0, 1], int64
     labels, for a train and a test split."""
-    mnist = load_dataset("mnist5k")
+    mnist = load_dataset("mnist5k").flat()          # float rows (N, 784) in [0, 1]
     generator = torch.Generator().manual_seed(0)
 
     def noisy(x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from lifelab.errors import LifelabError
 
 if TYPE_CHECKING:
-    from lifelab.analysis.tables import SweepTables
+    from lifelab.analysis.sweep import Sweep as SweepTables
 
 #: seconds between progress tables by default
 DEFAULT_PROGRESS_S = 10.0
@@ -83,7 +83,7 @@ def evaluate(sweep_dir: str | os.PathLike, *, seeds: int = 3, name: str | None =
 
 def load(sweep_dir: str | os.PathLike) -> SweepTables:
     """The tables of a sweep (also while it runs): trials, metrics, accuracy, events."""
-    from lifelab.analysis.tables import load as load_tables
+    from lifelab.analysis.sweep import load as load_tables
 
     return load_tables(os.fspath(sweep_dir))
 

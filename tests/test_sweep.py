@@ -8,8 +8,8 @@ import json
 import pandas as pd
 import pytest
 
+from lifelab.analysis.report import text_report
 from lifelab.analysis.status import status_text, sweep_status
-from lifelab.analysis.tables import text_report
 from lifelab.searches.launch import run_sweep
 from lifelab.searches.spec import spec_from_dict
 

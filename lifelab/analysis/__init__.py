@@ -38,10 +38,11 @@ from lifelab.analysis.summaries import (
     reference_accuracies,
     trial_summary,
 )
-from lifelab.analysis.tables import SweepTables, final_metrics, load, read_table, wide_metrics
+from lifelab.analysis.sweep import Sweep, load
+from lifelab.analysis.tables import SweepTables, final_metrics, read_table, wide_metrics
 
 __all__ = [
-    "SweepTables", "load", "read_table", "wide_metrics", "final_metrics",
+    "Sweep", "SweepTables", "load", "read_table", "wide_metrics", "final_metrics",
     "trial_summary", "group_summary", "leaderboard", "matrices", "mean_sem",
     "reference_accuracies", "accuracy_matrix", "lineage_accuracy", "ancestry", "family_tree",
     "schedules", "mutated_keys", "plot_learning_curves", "plot_final_accuracy",

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from lifelab.analysis.lineage import lineage_of, mutated_keys, schedules
+from lifelab.analysis.lineage import accuracy_matrix, lineage_of, mutated_keys, schedules
 from lifelab.analysis.summaries import group_labels, matrices, mean_sem, trial_summary
 from lifelab.analysis.tables import SweepTables
 
@@ -122,7 +122,7 @@ def plot_final_accuracy(tables: SweepTables):
 def plot_accuracy_matrix(tables: SweepTables, trial_id: str, sweep: str | None = None,
                          lineage: bool = True):
     """Heatmap of a trial's accuracy matrix (rows: after training task i; columns: task j)."""
-    matrix = tables.matrix(trial_id, sweep=sweep, lineage=lineage)
+    matrix = accuracy_matrix(tables, trial_id, sweep=sweep, lineage=lineage)
     if matrix.empty:
         return None
     sweep = tables.sweep_of(trial_id, sweep)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lifelab.analysis import plots
-from lifelab.analysis.lineage import ancestry
+import lifelab.analysis.plots as plots
+from lifelab.analysis.lineage import ancestry, family_tree
 from lifelab.analysis.report_page import (
     esc,
     figures_html,
@@ -166,7 +166,7 @@ def _report_body(tables: SweepTables, figures: dict) -> str:
                   "<p>The segments its final state was trained in, newest first: trial, "
                   "iterations (from, to], and the hyperparameters of each segment (blank: "
                   "not recorded).</p>", html_table(anc, "lineage")]
-        parts += ["<h2>PBT exploits</h2>", html_table(tables.family_tree()
+        parts += ["<h2>PBT exploits</h2>", html_table(family_tree(tables)
                                                       .drop(columns=["sweep"]), "exploits")]
     errors = tables.trials[tables.trials.status == "ERROR"]
     if len(errors):

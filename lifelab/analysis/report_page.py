@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lifelab.analysis import plots
+import lifelab.analysis.plots as plots
 from lifelab.errors import StorageError
 
 REPORT_FILE = "report.html"

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -128,54 +128,8 @@ class SweepTables:
             for col in CATEGORICAL[table]:
                 df[col] = df[col].cat.remove_unused_categories()
             frames[table] = df
-        return SweepTables(spec=self.specs[sweep], specs={sweep: self.specs[sweep]},
-                           uris={sweep: self.uris.get(sweep, "")}, **frames)
-
-    # -- shortcuts to the analysis functions ---------------------------------------------------
-
-    def matrix(self, trial_id: str, sweep: str | None = None, lineage: bool = True,
-               split: str = "test"):
-        from lifelab.analysis.lineage import accuracy_matrix
-        return accuracy_matrix(self, trial_id, sweep=sweep, lineage=lineage, split=split)
-
-    def summary(self, reference: str | Sequence | Mapping | None = "joint",
-                baseline: Sequence | Mapping | None = None, lineage: bool = True,
-                by_sweep: bool = False) -> pd.DataFrame:
-        """One row per trial: its continual-learning summary (`summaries.trial_summary`)."""
-        from lifelab.analysis.summaries import trial_summary
-        return trial_summary(self, reference=reference, baseline=baseline, lineage=lineage,
-                             by_sweep=by_sweep)
-
-    def groups(self, reference: str | Sequence | Mapping | None = "joint",
-               baseline: Sequence | Mapping | None = None, lineage: bool = True,
-               by_sweep: bool = False) -> pd.DataFrame:
-        """Mean and SEM of each summary metric over each group's independent runs (a PBT
-        population counts once: `summaries.group_summary`)."""
-        from lifelab.analysis.summaries import group_summary
-        return group_summary(self, reference=reference, baseline=baseline, lineage=lineage,
-                             by_sweep=by_sweep)
-
-    def leaderboard(self, reference: str | Sequence | Mapping | None = "joint",
-                    baseline: Sequence | Mapping | None = None, lineage: bool = True,
-                    by_sweep: bool = False) -> pd.DataFrame:
-        """Every trial's summary, best first by the sweep's metric (`summaries.leaderboard`)."""
-        from lifelab.analysis.summaries import leaderboard as board
-        return board(self, reference=reference, baseline=baseline, lineage=lineage,
-                     by_sweep=by_sweep)
-
-    def ancestry(self, trial_id: str, sweep: str | None = None) -> pd.DataFrame:
-        from lifelab.analysis.lineage import ancestry
-        return ancestry(self, trial_id, sweep=sweep)
-
-    def schedules(self, inherited: bool = False, keys: list[str] | None = None
-                  ) -> pd.DataFrame:
-        """Each trial's hyperparameters at every iteration it reported (`lineage.schedules`)."""
-        from lifelab.analysis.lineage import schedules
-        return schedules(self, inherited=inherited, keys=keys)
-
-    def family_tree(self) -> pd.DataFrame:
-        from lifelab.analysis.lineage import family_tree
-        return family_tree(self)
+        return type(self)(spec=self.specs[sweep], specs={sweep: self.specs[sweep]},
+                          uris={sweep: self.uris.get(sweep, "")}, **frames)
 
 
 def load(sweeps: str | Sequence[str], *, labels: Sequence[str] | None = None,
@@ -262,19 +216,6 @@ def final_metrics(tables: SweepTables) -> pd.DataFrame:
     trials = tables.trials.drop(columns=["iterations"], errors="ignore")
     out = trials.merge(last, on=["sweep", "trial_id"], how="outer")
     return out.sort_values(["sweep", "trial_id"]).reset_index(drop=True)
-
-
-def leaderboard(tables: SweepTables) -> pd.DataFrame:
-    """Every trial with its final CL summary, best first by the sweep's metric (see
-    lifelab.analysis.summaries.leaderboard)."""
-    from lifelab.analysis.summaries import leaderboard as board
-    return board(tables)
-
-
-def text_report(sweep: str) -> str:
-    """The plain-text report `lifelab report` prints (lifelab.analysis.report.text_report)."""
-    from lifelab.analysis.report import text_report as text
-    return text(sweep)
 
 
 def varying_config_columns(trials: pd.DataFrame) -> list[str]:

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-fast lint bench lock clean
+.PHONY: demo test test-fast lint bench lock clean docs
 
 $(BIN)/lifelab: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ lint: $(BIN)/lifelab
 
 bench: $(BIN)/lifelab
 	$(BIN)/python benchmarks/overhead.py
+
+# docs/learners.md: every learner's config keys from its Param declarations (tests/test_docs.py)
+docs: $(BIN)/lifelab
+	$(BIN)/python docs/gen_params.py
 
 # requirements.lock: every package at the version pip resolves today from pyproject.toml's
 # ranges, installed into a scratch venv and frozen

@@ -24,7 +24,7 @@ def test_sweep_on_s3_storage_writes_tune_state_and_parquet_there(s3, short_tmp):
     run_env.pop("RAY_ADDRESS", None)
     done = subprocess.run([sys.executable, "-m", "lifelab", "sweep", str(spec_file),
                            "--storage", "s3://lifelab-test/sweeps"], env=run_env, text=True,
-                          capture_output=True, timeout=300)
+                          capture_output=True, timeout=300, cwd=short_tmp)   # trackers: ./
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "s3://lifelab-test/sweeps/on-s3/results" in done.stdout
 

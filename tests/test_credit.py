@@ -4,18 +4,19 @@ config errors, presets."""
 
 import pytest
 import torch
+from outcomes import mean, over_seeds, shown
 from torch.nn import functional as F
 
 from lifelab.errors import ConfigError
-from lifelab.learners import credit
+from lifelab.learners import credit, credit_local
 from lifelab.learners.base import Learner
 from lifelab.platform.data import load_dataset
 from lifelab.searches.spec import load_spec
 from lifelab.trainables.registry import learner_class
 
 RULES = {"backprop": credit.Backprop, "feedback_alignment": credit.FeedbackAlignment,
-         "dfa": credit.DFA, "synthetic_gradients": credit.SyntheticGradients,
-         "forward_forward": credit.ForwardForward, "target_prop": credit.TargetProp}
+         "dfa": credit.DFA, "synthetic_gradients": credit_local.SyntheticGradients,
+         "forward_forward": credit_local.ForwardForward, "target_prop": credit_local.TargetProp}
 PLAIN = {"kind": "permuted", "tasks": 1, "scenario": "task", "steps_per_task": 30}
 TINY = {"hidden": [5, 4], "batch_size": 8}
 
@@ -112,7 +113,7 @@ def test_dfa_projects_the_output_error_straight_to_each_hidden_layer():
 
 
 def test_synthetic_gradients_update_layers_with_predictions_and_predictors_toward_targets():
-    learner = make(credit.SyntheticGradients)
+    learner = make(credit_local.SyntheticGradients)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():                       # predictors start at zero: give them content
         for m in learner.model.aux:
@@ -139,7 +140,7 @@ def test_synthetic_gradients_update_layers_with_predictions_and_predictors_towar
 
 
 def test_forward_forward_layers_learn_locally_from_goodness_of_positive_and_negative_data():
-    learner = make(credit.ForwardForward, ff_threshold=1.5)
+    learner = make(credit_local.ForwardForward, ff_threshold=1.5)
     x, y, units = batch(learner)
     state = learner.generator.get_state()
     shift = torch.randint(1, 10, (len(y),), generator=learner.generator)
@@ -163,7 +164,7 @@ def test_forward_forward_layers_learn_locally_from_goodness_of_positive_and_nega
 
 
 def test_forward_forward_predicts_the_label_of_highest_goodness_batched_over_labels():
-    learner = make(credit.ForwardForward)
+    learner = make(credit_local.ForwardForward)
     x, _, _ = batch(learner, 6)
     scores = learner.model(x)
     with torch.no_grad():
@@ -173,7 +174,7 @@ def test_forward_forward_predicts_the_label_of_highest_goodness_batched_over_lab
 
 
 def test_target_prop_targets_carry_the_difference_correction():
-    learner = make(credit.TargetProp, dtp_step=0.3, dtp_noise=0.2)
+    learner = make(credit_local.TargetProp, dtp_step=0.3, dtp_noise=0.2)
     x, y, units = batch(learner)
     n = len(y)
     state = learner.generator.get_state()
@@ -204,12 +205,23 @@ def test_target_prop_targets_carry_the_difference_correction():
 
 @pytest.mark.parametrize("name", list(RULES))
 def test_every_rule_learns_and_reports_its_metrics(name):
-    learner = make(RULES[name], hidden=[32], batch_size=32, lr=3e-3,
-                   stream={"steps_per_task": 60})
-    before = learner.evaluate().average
-    metrics = learner.step_round()
-    assert learner.done and metrics["acc_avg"] > before + 0.2
-    assert metrics["units"] == 32 and metrics["depth"] == 1 and metrics["growths"] == 0
+    """Two hidden layers, so every rule's path below the top one is used (with one, target
+    prop's hidden update is backprop's gradient times dtp_step, which Adam does not see)."""
+    def gain(seed):
+        learner = make(RULES[name], hidden=[32, 32], batch_size=32, lr=3e-3, seed=seed,
+                       stream={"steps_per_task": 120, "seed": seed})
+        before = learner.evaluate().average
+        metrics = learner.step_round()
+        assert learner.done
+        assert metrics["units"] == 64 and metrics["depth"] == 2 and metrics["growths"] == 0
+        return metrics["acc_avg"] - before
+
+    gains = over_seeds(gain)
+    # seeds 0-9 at 120 steps: forward-forward, the slowest and noisiest, gains 0.25-0.58 (mean
+    # 0.43, sd 0.11: the mean of three minus 3 standard errors is 0.24), synthetic gradients
+    # 0.47-0.68, the others 0.62-0.82. (At 60 steps synthetic gradients, whose predictors start
+    # at zero, gained as little as 0.02, and forward-forward 0.16.)
+    assert mean(gains) > 0.2, shown(gains)
 
 
 def test_permuted_stream_reports_forgetting_for_a_local_rule():
@@ -260,28 +272,31 @@ def test_depth_growth_is_exact_and_gives_each_rule_a_consistent_new_layer():
     fa = make(credit.FeedbackAlignment, growing=True, grow_mode="depth")
     fa.grow()
     assert torch.equal(fa.model.fixed[2], torch.eye(4))         # identity feedback on top
-    dtp = make(credit.TargetProp, growing=True, grow_mode="depth")
+    dtp = make(credit_local.TargetProp, growing=True, grow_mode="depth")
     x, before = probe(dtp)
     dtp.grow()
     assert torch.equal(dtp.model(x), before)                    # identity layer after ReLU
     assert torch.equal(dtp.model.aux[1].weight, torch.eye(4))   # its exact inverse
-    sg = make(credit.SyntheticGradients, growing=True, grow_mode="depth")
+    sg = make(credit_local.SyntheticGradients, growing=True, grow_mode="depth")
     sg.grow()
     assert torch.equal(sg.model.aux[2].weight, sg.model.aux[1].weight)
 
 
 def test_a_stalled_learner_grows_and_a_progressing_one_does_not():
-    def run(min_delta, patience):
-        learner = make(credit.DFA, hidden=[32], batch_size=32, lr=3e-3, growing=True,
+    def run(min_delta, patience, seed=0):
+        learner = make(credit.Backprop, hidden=[32], batch_size=32, lr=3e-3, growing=True,
                        grow_min_delta=min_delta, grow_patience=patience, grow_units=2,
-                       max_width=40, stream={"steps_per_task": 45})
+                       max_width=40, seed=seed, stream={"steps_per_task": 45, "seed": seed})
         return learner, learner.step_round()
 
     # min_delta = 1 asks the loss to fall to zero: every step after the first stalls
     stalled, metrics = run(1.0, 20)
     assert metrics["growths"] == 2 and metrics["units"] == 36 and stalled.unit_sizes()[1] == 36
-    # the same network learning: its smoothed loss keeps beating its best, so it never grows
-    assert run(0.0, 20)[1]["growths"] == 0
+    # the same network learning: its smoothed loss keeps beating its best, so it never grows.
+    # Backprop's loss falls from the first steps (seeds 0-9: at most 3 steps without a new best);
+    # DFA's does not until its weights align with the feedback (up to 27 steps), a real stall.
+    growths = over_seeds(lambda seed: run(0.0, 20, seed)[1]["growths"])
+    assert growths == [0] * len(growths)
     assert run(1.0, 50)[1]["growths"] == 0          # stalled, but not for long enough
 
 
@@ -320,13 +335,19 @@ def test_wiring_cost_shrinks_long_connections_more_than_short_ones():
         cut = lengths.median()
         return w[lengths > cut].mean() / w[lengths <= cut].mean()
 
-    stream = {"steps_per_task": 150}
-    free = make(credit.Backprop, hidden=[16], wiring_cost=1e-9, stream=stream)
-    wired = make(credit.Backprop, hidden=[16], wiring_cost=3e-3, stream=stream)
-    free.step_round()
-    wired.step_round()
-    assert torch.equal(free.positions[1], wired.positions[1])
-    assert long_over_short(wired) < 0.8 * long_over_short(free)
+    def shrinkage(seed):
+        """long_over_short with the cost over that without, on the same seed and layout."""
+        stream = {"steps_per_task": 150, "seed": seed}
+        free = make(credit.Backprop, hidden=[16], wiring_cost=1e-9, stream=stream, seed=seed)
+        wired = make(credit.Backprop, hidden=[16], wiring_cost=3e-3, stream=stream, seed=seed)
+        free.step_round()
+        wired.step_round()
+        assert torch.equal(free.positions[1], wired.positions[1])
+        return float(long_over_short(wired) / long_over_short(free))
+
+    ratios = over_seeds(shrinkage)
+    # seeds 0-9: 0.39-0.68 (mean 0.53, sd 0.10: the mean of three plus 3 standard errors 0.70)
+    assert mean(ratios) < 0.75, shown(ratios)
 
 
 def test_positions_grow_with_the_units():
@@ -377,7 +398,8 @@ def test_bad_config_is_one_line_naming_the_fix(config, fix):
 
 def test_forward_forward_needs_two_labels_per_task():
     with pytest.raises(ConfigError, match="raise stream.classes_per_task"):
-        make(credit.ForwardForward, stream={"kind": "split", "tasks": 2, "classes_per_task": 1})
+        make(credit_local.ForwardForward,
+             stream={"kind": "split", "tasks": 2, "classes_per_task": 1})
 
 
 @pytest.mark.parametrize("preset", ["credit-compare", "credit-pbt"])

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from outcomes import over_seeds, paired, shown
 
 from lifelab.errors import ConfigError
 from lifelab.learners.base import Learner
@@ -45,15 +46,24 @@ def test_one_task_per_round_by_default():
 
 
 def test_learners_learn_and_joint_forgets_less_than_finetune():
-    stream = {"tasks": 3, "steps_per_task": 100}
-    final = {}
-    for cls in (Finetune, Joint):
-        learner = cls({"stream": stream, "lr": 3e-3, "hidden": [64]}, data=load_dataset("mnist5k"))
+    def final(cls, seed):
+        stream = {"tasks": 3, "steps_per_task": 100, "seed": seed}
+        learner = cls({"stream": stream, "lr": 3e-3, "hidden": [64], "seed": seed},
+                      data=load_dataset("mnist5k"))
         while not learner.done:
             metrics = learner.step_round()
-        final[cls.name] = metrics
-    assert final["finetune"]["acc_avg"] > 0.5          # chance is 0.1
-    assert final["joint"]["forgetting"] < final["finetune"]["forgetting"]
+        return metrics
+
+    finetune = over_seeds(lambda seed: final(Finetune, seed))
+    joint = over_seeds(lambda seed: final(Joint, seed))
+    # chance is 0.1; seeds 0-9 end at 0.81-0.86 (finetune) and 0.87-0.89 (joint)
+    for name, runs in (("finetune", finetune), ("joint", joint)):
+        accs = [m["acc_avg"] for m in runs]
+        assert min(accs) > 0.7, f"{name} {shown(accs)}"
+    # paired by seed; seeds 0-9: finetune forgets 0.04-0.11, joint -0.02-0.00, the gap 0.05-0.12
+    # (mean 0.088, sd 0.024)
+    saved = paired([m["forgetting"] for m in finetune], [m["forgetting"] for m in joint])
+    assert min(saved) > 0.02, shown(saved)
 
 
 @pytest.mark.parametrize("cls", [Finetune, Joint])

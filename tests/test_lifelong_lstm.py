@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from outcomes import mean, over_seeds, shown
 
 from lifelab.errors import ConfigError
 from lifelab.learners.lifelong_lstm import LifelongLSTM, recovery_steps
@@ -25,7 +26,7 @@ WIDE = {"hidden": [24], "b_size": 13, "c_size": 11}    # TINY's sizes, widened (
 
 @pytest.fixture(scope="module")
 def mnist():
-    return load_dataset("mnist5k")
+    return load_dataset("mnist5k").flat()
 
 
 # -- the episodes -------------------------------------------------------------------------------
@@ -311,15 +312,26 @@ def test_meta_training_teaches_it_to_remember_what_it_heard(mnist):
     """A few seconds of meta-training on 2-answer groups: the first try at a digit's second
     presentation goes from chance (0.5) to well above. (Without feedback it cannot: its guesses
     do not depend on the answers at all, see the ablation test.)"""
-    small = {"hidden": [32], "feature_size": 16, "b_size": 16, "c_size": 16, "lr": 0.01,
-             "batch_episodes": 16, "batches_per_round": 10, "eval_episodes": 32,
-             "truncation": 3, "stream": {"kind": "trial_and_error", "groups": [[0, 1], [2, 3]],
-                                         "tries": 1, "presentations": 3}}
-    learner = LifelongLSTM(small, data=mnist)
-    assert learner.evaluate()["acc_presentation_2"] == pytest.approx(0.5, abs=0.05)
-    for _ in range(3):
-        metrics = learner.step_round()
-    assert metrics["acc_presentation_2"] > 0.7
+    def before_after(seed):
+        small = {"hidden": [32], "feature_size": 16, "b_size": 16, "c_size": 16, "lr": 0.01,
+                 "batch_episodes": 16, "batches_per_round": 10, "eval_episodes": 32,
+                 "truncation": 3, "seed": seed,
+                 "stream": {"kind": "trial_and_error", "groups": [[0, 1], [2, 3]], "tries": 1,
+                            "presentations": 3, "seed": seed}}
+        learner = LifelongLSTM(small, data=mnist)
+        before = learner.evaluate()["acc_presentation_2"]
+        for _ in range(5):
+            metrics = learner.step_round()
+        return before, metrics["acc_presentation_2"]
+
+    before, after = zip(*over_seeds(before_after), strict=True)
+    # untrained: 0.5 in expectation (answers are drawn per episode), measured on 128 first
+    # tries (standard error 0.044); seeds 0-9: 0.50-0.56
+    assert all(b == pytest.approx(0.5, abs=0.15) for b in before), shown(before)
+    # after 3 rounds seeds 0-7 reached only 0.72-0.82 (too short a budget for 0.7 on each);
+    # after 5, seeds 0-9: 0.73-0.97 (mean 0.87, sd 0.07: the mean of three minus 3 standard
+    # errors 0.76)
+    assert mean(after) > 0.75, shown(after)
 
 
 def test_recovery_steps_counts_presentations_until_a_right_first_try():
@@ -385,7 +397,8 @@ def test_narrowing_keeps_units_and_trains_and_unadaptable_keys_are_config_errors
     assert small.model.type_c.weight_ih.shape == (4 * 6, 5 + 2 + 2 * 5 + 1)
     metrics = small.step_round()
     assert 0 <= metrics["acc_first_try"] <= 1 and metrics["train_loss"] > 0
-    for old, key in (({"feature_size": 4}, "feature_size"), ({"hidden": [16, 16]}, "number of layers")):
+    for old, key in (({"feature_size": 4}, "feature_size"),
+                     ({"hidden": [16, 16]}, "number of layers")):
         with pytest.raises(ConfigError, match=key) as err:
             LifelongLSTM(TINY, data=mnist).adapt(LifelongLSTM({**TINY, **old}, data=mnist)
                                                  .state_dict(), {**TINY, **old})

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from outcomes import over_seeds, shown
 
 from lifelab.errors import ConfigError
 from lifelab.learners.reversible import (
@@ -87,16 +88,21 @@ def test_saved_activations_stay_flat_with_depth_while_ordinary_autograd_grows():
 
 
 def test_reversible_learner_trains_like_the_ordinary_network():
-    stream = {"kind": "permuted", "tasks": 1, "steps_per_task": 30}
     data = load_dataset("mnist5k")
-    runs = [learner_class("reversible")({"stream": stream, "width": 32, "depth": 3,
-                                         "memory_saving": saving}, data=data)
-            for saving in (True, False)]
-    metrics = [learner.step_round() for learner in runs]
-    assert metrics[0]["acc_avg"] > 0.5                         # it learns (chance: 0.1)
-    assert metrics[0]["train_loss"] == pytest.approx(metrics[1]["train_loss"], rel=1e-4)
-    assert metrics[0]["acc_avg"] == pytest.approx(metrics[1]["acc_avg"], abs=0.005)
-    assert isinstance(runs[0].model, ReversibleMLP) and len(runs[0].model.stack.blocks) == 3
+
+    def final(seed):
+        stream = {"kind": "permuted", "tasks": 1, "steps_per_task": 30, "seed": seed}
+        runs = [learner_class("reversible")({"stream": stream, "width": 32, "depth": 3,
+                                             "memory_saving": saving, "seed": seed}, data=data)
+                for saving in (True, False)]
+        metrics = [learner.step_round() for learner in runs]
+        assert metrics[0]["train_loss"] == pytest.approx(metrics[1]["train_loss"], rel=1e-4)
+        assert metrics[0]["acc_avg"] == pytest.approx(metrics[1]["acc_avg"], abs=0.005)
+        assert isinstance(runs[0].model, ReversibleMLP) and len(runs[0].model.stack.blocks) == 3
+        return metrics[0]["acc_avg"]
+
+    accs = over_seeds(final)
+    assert min(accs) > 0.5, shown(accs)       # it learns: chance 0.1; seeds 0-9 0.68-0.77
 
 
 @pytest.mark.parametrize("call, error, match", [

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from outcomes import mean, over_seeds, paired, shown
 from torch import nn
 from torch.nn import functional as F
 
@@ -59,26 +60,37 @@ def test_gradient_is_sign_times_length():
 
 
 def test_gradient_flows_to_learned_positions_and_shortens_wiring():
-    g = torch.Generator().manual_seed(0)
-    layout = UnitPositions([4, 6, 2], g, learn=True)
-    weights = [torch.randn(6, 4, generator=g), torch.randn(2, 6, generator=g)]
-    fixed = [p.clone() for p in (layout.layers()[0], layout.layers()[2])]
-    assert [n for n, _ in layout.named_parameters()] == ["xy_1"]
-    opt = torch.optim.SGD(layout.parameters(), lr=0.05)
-    before = wiring_cost(weights, layout.layers()).item()
-    for _ in range(50):
-        opt.zero_grad()
-        wiring_cost(weights, layout.layers()).backward()
-        opt.step()
-    assert wiring_cost(weights, layout.layers()).item() < 0.9 * before
-    assert torch.equal(layout.layers()[0], fixed[0]) and torch.equal(layout.layers()[2], fixed[1])
-    assert (layout.layers()[1][:, 2] == 1).all()                       # z stays on its plane
-    assert "pos_0" in UnitPositions([4, 6, 2], g).state_dict()         # checkpoints carry them
+    def shortened(seed):
+        g = torch.Generator().manual_seed(seed)
+        layout = UnitPositions([4, 6, 2], g, learn=True)
+        weights = [torch.randn(6, 4, generator=g), torch.randn(2, 6, generator=g)]
+        fixed = [p.clone() for p in (layout.layers()[0], layout.layers()[2])]
+        assert [n for n, _ in layout.named_parameters()] == ["xy_1"]
+        opt = torch.optim.SGD(layout.parameters(), lr=0.05)
+        costs = [wiring_cost(weights, layout.layers()).item()]
+        for _ in range(50):
+            opt.zero_grad()
+            wiring_cost(weights, layout.layers()).backward()
+            opt.step()
+            costs.append(wiring_cost(weights, layout.layers()).item())
+        # planes 1 apart: no length is 0, the cost is smooth and convex in the positions, and
+        # a small step never raises it (up to float32 rounding once it has converged)
+        assert all(b <= a * (1 + 1e-6) for a, b in zip(costs, costs[1:], strict=False))
+        assert torch.equal(layout.layers()[0], fixed[0])
+        assert torch.equal(layout.layers()[2], fixed[1])
+        assert (layout.layers()[1][:, 2] == 1).all()                   # z stays on its plane
+        return costs[-1] / costs[0]
+
+    ratios = over_seeds(shortened)
+    # how much 50 steps gain depends on how far the drawn layout is from its best: seeds 0-9
+    # 0.80-0.94 (mean 0.87, sd 0.05: the mean of three plus 3 standard errors 0.95)
+    assert mean(ratios) < 0.96, shown(ratios)
+    assert "pos_0" in UnitPositions([4, 6, 2], torch.Generator()).state_dict()   # checkpointed
 
 
-def _train(x, y, penalty):
-    """A 16-12-3 tanh MLP from a fixed init, SGD on cross-entropy + penalty(weights)."""
-    torch.manual_seed(1)
+def _train(x, y, penalty, seed):
+    """A 16-12-3 tanh MLP from a seeded init, SGD on cross-entropy + penalty(weights)."""
+    torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3))
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     weights = [net[0].weight, net[2].weight]
@@ -91,28 +103,38 @@ def _train(x, y, penalty):
 
 
 def test_wiring_cost_prunes_long_connections_more_than_short_ones():
-    g = torch.Generator().manual_seed(0)
-    positions = place_units([16, 12, 3], g)
-    x = torch.randn(256, 16, generator=g)
-    y = (x @ torch.randn(16, 3, generator=g)).argmax(1)
-    lengths = connection_lengths(positions)
-    free = _train(x, y, lambda ws: 0.0)
-    wired = _train(x, y, lambda ws: 1e-2 * wiring_cost(ws, positions))
-    # control: the same total strength with every connection equally long (plain L1)
-    means = [d.mean().item() for d in lengths]
-    flat = _train(x, y, lambda ws: 1e-2 * sum(w.abs().sum() * m
-                                              for w, m in zip(ws, means, strict=True)))
-
-    def long_over_short(trained, layer):
-        """Weight mass kept (vs no cost) by the longest quarter over that of the shortest."""
-        d = lengths[layer]
+    def kept_long_over_short(seed):
+        """Weight mass kept (vs no cost) by the longest quarter of the hidden layer's incoming
+        connections over that of the shortest: with the wiring cost, and with a control of the
+        same total strength where every connection is equally long (plain L1)."""
+        g = torch.Generator().manual_seed(seed)
+        positions = place_units([16, 12, 3], g)
+        x = torch.randn(256, 16, generator=g)
+        y = (x @ torch.randn(16, 3, generator=g)).argmax(1)
+        lengths = connection_lengths(positions)
+        free = _train(x, y, lambda ws: 0.0, seed + 1)
+        wired = _train(x, y, lambda ws: 1e-2 * wiring_cost(ws, positions), seed + 1)
+        means = [d.mean().item() for d in lengths]
+        flat = _train(x, y, lambda ws: 1e-2 * sum(w.abs().sum() * m
+                                                  for w, m in zip(ws, means, strict=True)),
+                      seed + 1)
+        d = lengths[0]
         low, high = d.flatten().quantile(torch.tensor([0.25, 0.75]))
-        kept = [trained[layer][m].sum() / free[layer][m].sum() for m in (d <= low, d >= high)]
-        return (kept[1] / kept[0]).item()
 
-    for layer in range(2):
-        assert long_over_short(wired, layer) < 0.8
-        assert long_over_short(flat, layer) > long_over_short(wired, layer) + 0.2
+        def ratio(trained):
+            kept = [trained[0][m].sum() / free[0][m].sum() for m in (d <= low, d >= high)]
+            return (kept[1] / kept[0]).item()
+
+        return ratio(wired), ratio(flat)
+
+    wired, flat = zip(*over_seeds(kept_long_over_short), strict=True)
+    # seeds 0-9: wired 0.32-0.70 (mean 0.51, sd 0.14: the mean of three plus 3 standard errors
+    # 0.76), flat above wired by 0.33-0.70 (mean 0.47, sd 0.12: minus 3 standard errors 0.27).
+    # (The 3-unit read-out's 36 connections are no test: each output needs its own hidden units
+    # wherever they sit, and its ratio ranges 0.14-1.21 over the same seeds.)
+    assert mean(wired) < 0.8, shown(wired)
+    gap = paired(flat, wired)
+    assert mean(gap) > 0.2, shown(gap)
 
 
 def test_importances_per_layer():

@@ -19,7 +19,8 @@ os.environ.pop("RAY_ADDRESS", None)
 
 # Modules whose every test starts Ray (in this process or in a `lifelab` subprocess).
 RAY_MODULES = {"test_sweep", "test_resume", "test_multinode", "test_s3", "test_cluster",
-               "test_hnet_pbt", "test_byo_learner_sweeps", "test_fuzz_cluster"}
+               "test_hnet_pbt", "test_byo_learner_sweeps", "test_fuzz_cluster",
+               "test_resume_kills"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -104,7 +104,9 @@ def test_sigkilled_sweep_resumes_from_checkpoints_with_one_row_per_key(short_tmp
     assert len(trials) == 2 and set(trials.status) == {"TERMINATED"}
     assert (trials.iterations == ROUNDS).all()
     accuracy = pd.read_parquet(sweep / "results" / "accuracy")
-    assert not accuracy.duplicated(["trial_id", "iteration", "eval_task"]).any()
-    for trial_id, rows in accuracy.groupby("trial_id"):    # each matrix row once, the last whole
-        assert not rows.duplicated(["trained_task", "eval_task"]).any(), trial_id
-        assert sorted(rows[rows.trained_task == 2].eval_task) == [0, 1, 2], trial_id
+    assert not accuracy.duplicated(["trial_id", "iteration", "trained_task", "eval_task",
+                                    "split"]).any()
+    for (trial_id, split), rows in accuracy.groupby(["trial_id", "split"]):
+        # each matrix row once per split, the last whole
+        assert not rows.duplicated(["trained_task", "eval_task"]).any(), (trial_id, split)
+        assert sorted(rows[rows.trained_task == 2].eval_task) == [0, 1, 2], (trial_id, split)

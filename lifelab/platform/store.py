@@ -5,8 +5,11 @@ reader (`pd.read_parquet('<sweep>/results/metrics')`, which skips hidden files) 
 parts only.
 
 Each row carries `run`: the start time (ns) of the driver that wrote it. After a crash and resume,
-a trial re-reports the iterations after its last checkpoint; the newer run then owns every
-iteration from the first one it reported for that trial, and older rows there are superseded.
+a trial re-reports the iterations after its last checkpoint. One rule decides, per trial, which
+run owns each iteration, the same for every table: a run takes over a trial from the first result
+it reported for it (its first metrics row: every result writes metrics first), and owns it until a
+newer run takes over. Rows of a run at iterations it does not own are superseded, in every table:
+an exploit or an accuracy row of a lost future does not outlive the metrics of that future.
 `read` applies that rule; `compact` rewrites a table into one part holding only the live rows,
 so that after a sweep ends the raw files hold exactly one row per key.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -23,7 +26,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
-from lifelab.errors import StorageError
+from lifelab.errors import ConfigError, StorageError
+from lifelab.platform.yamlsafe import load_yaml
 
 SCHEMAS: dict[str, pa.Schema] = {
     "trials": pa.schema([
@@ -105,17 +109,28 @@ class ResultStore:
 
     def read(self, table: str) -> pd.DataFrame:
         """The live rows of a table (see module docstring), in key order."""
-        return live_rows(table, self._read_raw(table))
+        raw = self._read_raw(table)
+        if table == "trials":
+            return live_rows(table, raw)
+        return live_rows(table, raw, self.owners({table: raw}))
 
-    def compact(self, table: str) -> None:
+    def owners(self, known: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+        """`takeovers` of the whole sweep: which run owns which iterations of each trial."""
+        known = dict(known or {})
+        return takeovers({t: known[t] if t in known else self._read_raw(t)
+                          for t in SCHEMAS if t != "trials"})
+
+    def compact(self, table: str, owners: pd.DataFrame | None = None) -> None:
         """Rewrite a table as one part of its live rows, then delete the parts it replaces.
 
         A crash between the two steps leaves exact copies, which `read` and the next compaction
-        drop; no row is ever lost.
+        drop; no live row is ever lost.
         """
         old_parts = self._parts(table)
         raw = self._read_raw(table)
-        live = live_rows(table, raw)
+        if owners is None and table != "trials":
+            owners = self.owners({table: raw})
+        live = live_rows(table, raw, owners)
         if len(old_parts) <= 1 and len(live) == len(raw):
             return
         self._write_part(table, pa.Table.from_pandas(live, schema=SCHEMAS[table],
@@ -126,8 +141,9 @@ class ResultStore:
     def compact_all(self) -> None:
         """Compact every table and delete the temporary files of writes a crash interrupted
         (their rows are re-reported after resume). Only when no one else writes: at the end."""
+        owners = self.owners()      # taken once, before any table loses superseded rows
         for table in SCHEMAS:
-            self.compact(table)
+            self.compact(table, owners)
             selector = pafs.FileSelector(self.table_dir(table), allow_not_found=True)
             for info in self.fs.get_file_info(selector):
                 if info.base_name.startswith(".tmp-"):
@@ -163,24 +179,54 @@ class ResultStore:
         return pa.concat_tables(tables).to_pandas()
 
 
-def live_rows(table: str, df: pd.DataFrame) -> pd.DataFrame:
-    """Drop exact repeats and rows superseded by a newer run of the same trial."""
+def result_iteration(table: str, df: pd.DataFrame) -> pd.Series:
+    """The iteration of the result that wrote each row. An exploit event names the iteration of
+    the donor checkpoint the trial continued from; its next result (one later) reports it."""
+    return df["iteration"] + 1 if table == "events" else df["iteration"]
+
+
+def takeovers(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per trial and run: `start`, the first result iteration the run reported for the trial, and
+    `until`, where a newer run took over (inf for none). Metrics decide (every result writes them
+    first); the other tables only stand in for a run whose metrics rows are gone."""
+    firsts = {}
+    for table, df in frames.items():
+        if table == "trials" or df is None or df.empty:
+            continue
+        its = df[["trial_id", "run"]].assign(_it=result_iteration(table, df).to_numpy())
+        its["trial_id"] = its["trial_id"].astype(str)
+        firsts[table] = its.groupby(["trial_id", "run"])["_it"].min()
+    if not firsts:
+        return pd.DataFrame({"trial_id": pd.Series(dtype=str), "run": pd.Series(dtype="int64"),
+                             "start": pd.Series(dtype=float), "until": pd.Series(dtype=float)})
+    both = pd.concat(firsts, axis=1)
+    start = both["metrics"] if "metrics" in both else pd.Series(float("nan"), index=both.index)
+    out = start.fillna(both.min(axis=1)).astype(float).rename("start").reset_index()
+    out = out.sort_values(["trial_id", "run"], ascending=[True, False]).reset_index(drop=True)
+    # a run owns up to the earliest takeover by any newer run (not just the next one: a third run
+    # may restore from further back than the second)
+    newer = out.groupby("trial_id")["start"].cummin().groupby(out["trial_id"]).shift(1)
+    out["until"] = newer.fillna(float("inf"))
+    return out.sort_values(["trial_id", "run"]).reset_index(drop=True)
+
+
+def live_rows(table: str, df: pd.DataFrame, owners: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Drop exact repeats and rows of iterations their run does not own. `owners` is
+    `takeovers(...)` of all the sweep's tables; without it, this table alone decides."""
     keys = list(KEYS[table])
     df = df.drop_duplicates(subset=[*keys, "run"], keep="last")
     if table == "trials":
         df = df.sort_values(["written_at", "run"]).drop_duplicates(subset=keys, keep="last")
         return df.sort_values("trial_id").reset_index(drop=True)
-    # Per trial, a run owns every iteration from the first one it reported; the newest run wins.
-    first = df.groupby(["trial_id", "run"])["iteration"].transform("min")
-    df = df.assign(_first=first)
-    newest_start = (df[["trial_id", "run", "_first"]].drop_duplicates()
-                    .sort_values(["trial_id", "run"]))
-    # the first iteration of the next newer run of the same trial (inf for the newest run)
-    newest_start["_until"] = (newest_start.groupby("trial_id")["_first"].shift(-1)
-                              .fillna(float("inf")))
-    df = df.merge(newest_start[["trial_id", "run", "_until"]], on=["trial_id", "run"])
-    df = df[df["iteration"] < df["_until"]].drop(columns=["_first", "_until"])
-    return df.sort_values([*keys, "run"]).reset_index(drop=True)
+    if owners is None:
+        owners = takeovers({table: df})
+    owned = (df[["trial_id", "run"]].astype({"trial_id": str})
+             .merge(owners, on=["trial_id", "run"], how="left"))
+    it = result_iteration(table, df).to_numpy()
+    # a run unknown to `owners` (rows written after they were computed) keeps its rows
+    keep = owned["start"].isna().to_numpy() | ((owned["start"].to_numpy() <= it)
+                                               & (it < owned["until"].to_numpy()))
+    return df[keep].sort_values([*keys, "run"]).reset_index(drop=True)
 
 
 def read_spec(sweep_uri: str) -> dict:
@@ -191,8 +237,8 @@ def read_spec(sweep_uri: str) -> dict:
                            "`lifelab sweep` (<storage>/<name>)")
     try:
         with fs.open_input_file(join(path, SPEC_FILE)) as f:
-            data = yaml.safe_load(f.read().decode())
-    except OSError:
+            data = load_yaml(f.read().decode())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError):
         data = None
     if not isinstance(data, dict):
         raise StorageError(f"{sweep_uri} is not a lifelab sweep (no readable {SPEC_FILE}): give "

@@ -7,6 +7,7 @@ tune/ (Tune's experiment: state and checkpoints) and results/ (the Parquet store
 from __future__ import annotations
 
 import os
+import sys
 
 import pyarrow.fs as pafs
 import yaml
@@ -17,11 +18,20 @@ from lifelab.platform.config import SweepSpec, parse_spec
 from lifelab.platform.data import Dataset, load_stream_dataset
 from lifelab.platform.store import SPEC_FILE, join, read_spec, resolve
 from lifelab.platform.streams import StreamConfig, build_stream
+from lifelab.searches.guards import (
+    CannotResumeError,
+    ResumeCheck,
+    StallGuard,
+    retry_worker_loss,
+    saved_trial_ids,
+)
+from lifelab.searches.lease import Lease, LeaseCallback
 from lifelab.searches.progress import DEFAULT_INTERVAL_S, ProgressCallback
 from lifelab.searches.recording import RecordingCallback
 from lifelab.searches.schedulers import build_scheduler, build_searcher
 from lifelab.searches.space import param_space
 from lifelab.searches.spec import check_learners
+from lifelab.searches.trackers import tracker_callbacks
 
 TUNE_DIR = "tune"
 DEFAULT_STORAGE = "lifelab-sweeps"
@@ -49,12 +59,17 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
     sweep_uri = join(storage_uri(storage), spec.name)
     fs, path = resolve(sweep_uri)
     spec_path = join(path, SPEC_FILE)
+    lease = Lease(sweep_uri)
+    if lease.alive(holder := lease.holder()):        # a driver runs it right now: name it
+        raise lease.busy_error(holder)
     if _exists(fs, spec_path) or _exists(fs, join(path, TUNE_DIR)):
         raise StorageError(f"sweep '{spec.name}' already exists at {sweep_uri}: continue it with "
                            f"`lifelab resume {sweep_uri}` or choose another --name")
-    data = _dataset(spec)                      # a missing dataset fails before anything is written
-    for stream in (spec.search_stream(), spec.stream):   # e.g. more classes than the dataset has
-        build_stream(StreamConfig.from_dict(stream), data)
+    data = _datasets(spec)                     # a missing dataset fails before anything is written
+    for stream in spec.stream_variants():      # e.g. more classes than the dataset has
+        config = StreamConfig.from_dict(stream)
+        if isinstance(config, StreamConfig):
+            build_stream(config, data[config.dataset])
     existed = _exists(fs, path)
     try:
         fs.create_dir(path, recursive=True)
@@ -62,38 +77,89 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
         raise StorageError(f"cannot write to storage {sweep_uri} ({exc}): choose a writable "
                            "--storage") from None
     try:                                       # a cluster that cannot run it leaves nothing
-        connect(address, code=spec.code)
+        connect(address, code=spec.code, verbose=verbose)
         check_resources(spec.resources["cpu"], spec.resources["gpu"], address)
     except LifelabError:
         if not existed:
             fs.delete_dir(path)
         raise
     try:
+        _say(lease.acquire())                  # two drivers racing for one new name: one wins
+        if _exists(fs, spec_path):             # ... and the other may come after it
+            lease.release()
+            raise StorageError(f"sweep '{spec.name}' already exists at {sweep_uri}: continue it "
+                               f"with `lifelab resume {sweep_uri}` or choose another --name")
         with fs.open_output_stream(spec_path + ".tmp") as out:
             out.write(yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
         fs.move(spec_path + ".tmp", spec_path)
     except OSError as exc:
+        lease.release()
         raise StorageError(f"cannot write to storage {sweep_uri} ({exc}): choose a writable "
                            "--storage") from None
-    _tune_environment(verbose)
-    return sweep_uri, _tuner(spec, sweep_uri, data, reuse_actors, progress_s, verbose).fit()
+    try:
+        _tune_environment(verbose)
+        return sweep_uri, _tuner(spec, sweep_uri, data, reuse_actors, progress_s, verbose,
+                                 lease).fit()
+    finally:
+        lease.release()
 
 
-def resume_sweep(sweep_dir: str, address: str | None = None):
-    """Continue an interrupted sweep from its trials' last checkpoints -> (uri, ResultGrid)."""
+def resume_sweep(sweep_dir: str, address: str | None = None,
+                 progress_s: float = DEFAULT_INTERVAL_S, verbose: bool = False):
+    """Continue an interrupted sweep from its trials' last checkpoints -> (uri, ResultGrid).
+
+    Everything it writes goes under `sweep_dir`, wherever the sweep was started (a sweep dir
+    may be moved or copied). A sweep stopped before Tune saved any state starts its trials from
+    scratch. Refused while another driver runs the sweep."""
     from ray import tune
 
     sweep_uri = storage_uri(sweep_dir)
     spec = read_sweep_spec(sweep_uri)
+    fs, path = resolve(sweep_uri)
     tune_uri = join(sweep_uri, TUNE_DIR)
-    if not tune.Tuner.can_restore(tune_uri):
-        raise StorageError(f"{sweep_uri} has no Tune experiment to resume (it never started): "
-                           f"start it again with `lifelab sweep {join(sweep_uri, SPEC_FILE)}`")
-    data = _dataset(spec)
-    connect(address, code=spec.code)
-    _tune_environment(verbose=False)
-    tuner = tune.Tuner.restore(tune_uri, trainable=_trainable(spec, data), resume_errored=True)
-    return sweep_uri, tuner.fit()
+    lease = Lease(sweep_uri)
+    try:
+        _say(lease.acquire())                  # refused while another driver runs it
+    except OSError as exc:
+        raise StorageError(f"cannot write to the sweep dir {sweep_uri} ({exc}): resume it "
+                           "where it is writable (a sweep dir may be copied)") from None
+    try:
+        try:
+            saved = (saved_trial_ids(fs, join(path, TUNE_DIR))
+                     if tune.Tuner.can_restore(tune_uri) else None)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CannotResumeError(f"cannot read the state Tune saved in {tune_uri} ({exc}): "
+                                    "restore that dir from a copy, or start the sweep anew "
+                                    "under another name") from None
+        data = _datasets(spec)
+        connect(address, code=spec.code, verbose=verbose)
+        _tune_environment(verbose)
+        if saved is None:
+            _say(f"{sweep_uri} stopped before Tune saved any state: starting its trials from "
+                 "scratch")
+            for leftover in (TUNE_DIR, "results"):    # trials no state refers to
+                if _exists(fs, join(path, leftover)):
+                    fs.delete_dir(join(path, leftover))
+            return sweep_uri, _tuner(spec, sweep_uri, data, True, progress_s, verbose,
+                                     lease).fit()
+        tuner = tune.Tuner.restore(tune_uri, trainable=_trainable(spec, data),
+                                   resume_errored=True)
+        internal = tuner._local_tuner
+        # the callbacks pickled with the experiment name the location it started in: this
+        # resume's own write here; and Tune keeps no scheduler state across a restore, so one
+        # built from spec.yaml (with this version's code) loses nothing
+        internal._run_config.callbacks = _callbacks(spec, sweep_uri, progress_s, lease,
+                                                    ResumeCheck(sweep_uri, saved))
+        internal._tune_config.scheduler = build_scheduler(spec)
+        internal._run_config.verbose = 1 if verbose else 0
+        return sweep_uri, tuner.fit()
+    finally:
+        lease.release()
+
+
+def _say(note: str | None) -> None:
+    if note:
+        print(f"lifelab: {note}", file=sys.stderr, flush=True)
 
 
 def _tune_environment(verbose: bool) -> None:
@@ -102,6 +168,10 @@ def _tune_environment(verbose: bool) -> None:
         # Tune's newer console output prints its banner even at verbose=0; the classic one
         # is silent there, and lifelab's progress table says what matters
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # no progress.csv and no TensorBoard files in the trial dirs: nothing reads them (the
+    # results store and trackers.py replace them), and the TensorBoard one warns on every
+    # acc_rows; result.json stays, added in _callbacks, for Tune's own ResultGrid
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
 
 
 def read_sweep_spec(sweep_uri: str) -> SweepSpec:
@@ -111,12 +181,17 @@ def read_sweep_spec(sweep_uri: str) -> SweepSpec:
     return spec
 
 
-def _dataset(spec: SweepSpec) -> Dataset:
-    stream = StreamConfig.from_dict(spec.stream)
-    return load_stream_dataset(stream)
+def _datasets(spec: SweepSpec) -> dict[str, Dataset]:
+    """Every dataset the sweep's streams name, loaded once on the driver."""
+    data = {}
+    for stream in spec.stream_variants():
+        config = StreamConfig.from_dict(stream)
+        if config.dataset not in data:
+            data[config.dataset] = load_stream_dataset(config)
+    return data
 
 
-def _trainable(spec: SweepSpec, data: Dataset):
+def _trainable(spec: SweepSpec, data: dict[str, Dataset]):
     from ray import tune
 
     from lifelab.trainables.registry import learner_class
@@ -131,35 +206,47 @@ def _trainable(spec: SweepSpec, data: Dataset):
                                                     learners=learners), resources)
 
 
-def _tuner(spec: SweepSpec, sweep_uri: str, data: Dataset, reuse_actors: bool,
-           progress_s: float, verbose: bool):
+def _tuner(spec: SweepSpec, sweep_uri: str, data: dict[str, Dataset], reuse_actors: bool,
+           progress_s: float, verbose: bool, lease: Lease | None = None):
     from ray import tune
 
     stop = {"training_iteration": spec.stop["rounds"]} if spec.stop.get("rounds") else None
-    callbacks = [RecordingCallback(sweep_uri, spec.name)]
-    if progress_s > 0:
-        callbacks.append(ProgressCallback(spec, progress_s))
+    callbacks = _callbacks(spec, sweep_uri, progress_s, lease)
     return tune.Tuner(
         _trainable(spec, data),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             metric=spec.search.metric, mode=spec.search.mode, num_samples=spec.search.samples,
             scheduler=build_scheduler(spec), search_alg=build_searcher(spec),
-            # PBT exploits without starting a new process (ENVIRONMENT.md)
+            # PBT exploits without starting a new process
             reuse_actors=reuse_actors,
         ),
         run_config=tune.RunConfig(
-            # our progress table replaces Tune's; a resumed sweep keeps the callbacks
+            # our progress table replaces Tune's; a resume brings its own callbacks
             name=TUNE_DIR, storage_path=sweep_uri, stop=stop, verbose=1 if verbose else 0,
             callbacks=callbacks,
             # a checkpoint every round: resume loses at most one round, and PBT needs every
-            # donor checkpoint to still exist (num_to_keep=2 made trials fail, ENVIRONMENT.md)
+            # donor checkpoint to still exist (num_to_keep=2 made trials fail)
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1,
                                                     checkpoint_at_end=True),
             # a trial whose node is lost (preemption) continues from its last checkpoint
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
         ),
     )
+
+
+def _callbacks(spec: SweepSpec, sweep_uri: str, progress_s: float, lease: Lease | None,
+               *more) -> list:
+    from ray.tune.logger import JsonLoggerCallback
+
+    retry_worker_loss()
+    callbacks = [RecordingCallback(sweep_uri, spec.name), StallGuard(spec), *more]
+    if lease is not None:
+        callbacks.append(LeaseCallback(lease))
+    callbacks += [JsonLoggerCallback(), *tracker_callbacks(spec, sweep_uri, progress_s > 0)]
+    if progress_s > 0:
+        callbacks.append(ProgressCallback(spec, progress_s))
+    return callbacks
 
 
 def _exists(fs: pafs.FileSystem, path: str) -> bool:

@@ -1,9 +1,13 @@
 """The driver-side Tune callback that writes every reported result to the Parquet store.
 
-Ray's own result.json can lose rows in PBT runs (ENVIRONMENT.md); `on_trial_result` sees every
-result. Each result is written at once as its own part file, before Tune checkpoints that
-iteration, so no row older than a trial's last checkpoint can be lost to a crash; the parts are
-compacted into one per table when the sweep ends.
+Ray's own result.json can lose rows in PBT runs; `on_trial_result` sees every result. Each
+result is written at once as its own part file, before Tune checkpoints that iteration, so no row
+older than a trial's last checkpoint can be lost to a crash; the parts are compacted into one per
+table when the sweep ends.
+
+The callback writes where the sweep is now: Tune pickles it with the experiment, and a sweep dir
+may since have been moved or copied, so a resume hands it its location (a callback unpickled
+without one refuses to write anywhere).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from numbers import Real
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
+from lifelab.errors import StorageError
 from lifelab.platform.store import ResultStore
 from lifelab.trainables.trainable import trial_seed
 
@@ -37,10 +42,15 @@ class RecordingCallback(tune.Callback):
         self.stopped: dict[str, str] = {}      # trial -> why it stopped early
 
     def __getstate__(self) -> dict:
-        # Tune pickles callbacks with the experiment; a restored sweep opens a new run
-        return {**self.__dict__, "store": None, "workers": {}, "stopped": {}}
+        # Tune pickles callbacks with the experiment; the location and the run come from the
+        # driver that resumes it, never from the pickle
+        return {**self.__dict__, "sweep_uri": None, "store": None, "workers": {}, "stopped": {}}
 
     def setup(self, **info) -> None:
+        if self.sweep_uri is None:
+            raise StorageError("this sweep's recording was restored from Tune's saved "
+                               "experiment, which does not know where the sweep dir is now: "
+                               "continue it with `lifelab resume SWEEP_DIR`")
         self.store = ResultStore(self.sweep_uri)
 
     # -- results -------------------------------------------------------------------------------

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from lifelab.platform.config import SweepSpec
-from lifelab.searches.space import mutations
+from lifelab.searches.space import learner_keys, learner_mutations, mutations
 
 
 class _GroupedExploit:
@@ -22,28 +23,129 @@ class _GroupedExploit:
         super().__init__(**kwargs)
         self._group_by = group_by
         self._group = None
+        self._results = 0
+        self._reported: dict[str, int] = {}      # trial id -> when it last reported
 
     def on_trial_result(self, tune_controller, trial, result):
+        self._results += 1
+        self._reported[trial.trial_id] = self._results
         self._group = trial.config.get(self._group_by) if self._group_by else None
         try:
             return super().on_trial_result(tune_controller, trial, result)
         finally:
             self._group = None
+            if self._synch:
+                self._keep_next_sync_reachable(tune_controller)
+
+    # -- resume and fairness -------------------------------------------------------------------
+    # Tune keeps no scheduler state across a restore: every restored trial comes back with a
+    # fresh PBT state (trained to 0, last perturbed at 0), and a requeued (failed) trial too.
+
+    def on_trial_add(self, tune_controller, trial):
+        super().on_trial_add(tune_controller, trial)
+        restored = _checkpoint_iteration(trial)
+        if restored:
+            # perturb every interval from where the trial continues, as before the crash
+            self._trial_state[trial].last_perturbation_time = restored
+            if self._synch:
+                self._next_perturbation_sync = max(self._next_perturbation_sync,
+                                                   restored + self._perturbation_interval)
+
+    def _keep_next_sync_reachable(self, tune_controller) -> None:
+        """Synch PBT runs only trials short of the next sync point, which it sets to at least
+        the furthest trial's time. With the sync point of a fresh PBT (1 interval) after a
+        restore, a population in step sets it to exactly where every trial already is: then no
+        trial may run and all wait PAUSED forever. Move it one interval past the laggard."""
+        times = [self._trial_state[t].last_train_time for t in tune_controller.get_live_trials()
+                 if t in self._trial_state and not t.is_finished()]
+        if times and min(times) >= self._next_perturbation_sync:
+            self._next_perturbation_sync = min(times) + self._perturbation_interval
+
+    def choose_trial_to_run(self, tune_controller):
+        """PBT runs the waiting trial that trained least; among equals Tune takes the first in
+        its list. An exploited trial inherits its donor's time, so with more trials than slots
+        the same few trials ran, fell to the lower quantile after a dip of the metric (e.g. a
+        new task), were sent back to the donors' checkpoint and ran again, forever: the donors
+        never ran, their stale scores stayed on top. Among equals, the one that reported
+        longest ago goes first."""
+        candidates = [t for t in tune_controller.get_trials()
+                      if t.status in (Trial.PENDING, Trial.PAUSED) and t in self._trial_state
+                      and (not self._synch or self._trial_state[t].last_train_time
+                           < self._next_perturbation_sync)]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda t: (self._trial_state[t].last_train_time,
+                                              self._reported.get(t.trial_id, 0)))
 
     def _quantiles(self):
-        if self._group is None:
+        if self._group_by is None:
             return super()._quantiles()
+        # synch PBT perturbs the whole population at once: every group's quantiles, not only
+        # those of the group whose trial reported last
+        groups = ([self._group] if self._group is not None and not self._synch else
+                  list(dict.fromkeys(t.config.get(self._group_by) for t in self._trial_state)))
+        lower, upper = [], []
         everyone = self._trial_state
-        self._trial_state = {t: s for t, s in everyone.items()
-                             if t.config.get(self._group_by) == self._group}
         try:
-            return super()._quantiles()
+            for group in groups:
+                self._trial_state = {t: s for t, s in everyone.items()
+                                     if t.config.get(self._group_by) == group}
+                low, high = super()._quantiles()
+                lower, upper = lower + low, upper + high
         finally:
             self._trial_state = everyone
+        return lower, upper
+
+    def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
+        if self._group_by is not None:           # donors only from the trial's own group
+            group = trial.config.get(self._group_by)
+            upper_quantile = [t for t in upper_quantile if t.config.get(self._group_by) == group]
+            lower_quantile = [t for t in lower_quantile if t.config.get(self._group_by) == group]
+        return super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile,
+                                              lower_quantile)
+
+    # Each learner's population mutates only the keys its learner has: a sweep over several
+    # learners gives every trial every learner's keys, which the others' mutations must not touch.
+
+    def _exploit(self, tune_controller, trial, trial_to_clone):
+        # the new config is the donor's, explored: the donor's learner decides
+        everyone = self._hyperparam_mutations
+        self._hyperparam_mutations = learner_mutations(everyone, trial_to_clone.config)
+        try:
+            return super()._exploit(tune_controller, trial, trial_to_clone)
+        finally:
+            self._hyperparam_mutations = everyone
+
+    def _get_new_config(self, trial, trial_to_clone):
+        new_config, operations = super()._get_new_config(trial, trial_to_clone)
+        # PB2 explores every bounded key: another learner's keys keep the donor's values
+        donor = trial_to_clone.config
+        keys = learner_keys(donor.get("learner"))
+        for key in [k for k in new_config if keys is not None and k not in keys and k in donor]:
+            if new_config[key] != donor[key]:
+                new_config[key] = donor[key]
+                operations.pop(key, None)
+        return new_config, operations
+
+
+def _checkpoint_iteration(trial) -> int:
+    """The training iteration of the checkpoint a trial continues from (0: none)."""
+    latest = getattr(trial.run_metadata.checkpoint_manager, "latest_checkpoint_result", None)
+    metrics = getattr(latest, "metrics", None) or {}
+    return int(metrics.get("training_iteration", 0) or 0)
 
 
 class GroupedPBT(_GroupedExploit, PopulationBasedTraining):
     """PBT with per-group exploitation."""
+
+    def on_trial_add(self, tune_controller, trial):
+        # PBT samples each mutated key a trial's config lacks: only its own learner's keys
+        everyone = self._hyperparam_mutations
+        self._hyperparam_mutations = learner_mutations(everyone, trial.config)
+        try:
+            return super().on_trial_add(tune_controller, trial)
+        finally:
+            self._hyperparam_mutations = everyone
 
 
 class GroupedPB2(_GroupedExploit, PB2):
@@ -73,5 +175,5 @@ def build_scheduler(spec: SweepSpec):
 
 def build_searcher(spec: SweepSpec):
     if spec.search.searcher == "optuna":
-        return OptunaSearch(seed=spec.seed)
-    return BasicVariantGenerator(random_state=spec.seed)
+        return OptunaSearch(seed=spec.seeds()[0])
+    return BasicVariantGenerator(random_state=spec.seeds()[0])

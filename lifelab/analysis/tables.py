@@ -40,7 +40,7 @@ import pyarrow.dataset as ds
 from lifelab.analysis.selection import foreign_keys
 from lifelab.errors import LifelabError, StorageError
 from lifelab.platform.config import SearchSettings
-from lifelab.platform.store import KEYS, SCHEMAS, ResultStore, live_rows, read_spec
+from lifelab.platform.store import KEYS, SCHEMAS, ResultStore, live_rows, read_spec, takeovers
 
 TABLES = tuple(SCHEMAS)
 #: string columns read as categoricals (they repeat on every row)
@@ -152,18 +152,21 @@ def load(sweeps: str | Sequence[str], *, labels: Sequence[str] | None = None,
                            "sweeps")
     frames: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
     for uri, label in zip(uris, labels, strict=True):
-        for table in TABLES:
-            df = read_table(uri, table, metric_names if table == "metrics" else None)
-            frames[table].append(_label(df, table, label))
+        raw = {table: read_table(uri, table, metric_names if table == "metrics" else None,
+                                 live=False) for table in TABLES}
+        owners = takeovers(raw)          # one rule for which run owns an iteration, all tables
+        for table, df in raw.items():
+            frames[table].append(_label(_live(table, df, owners), table, label))
     tables = {t: _typed(t, _concat(dfs)) for t, dfs in frames.items()}
     tables["trials"] = _own_config(tables["trials"])
     return SweepTables(spec=specs[0], specs=dict(zip(labels, specs, strict=True)),
                        uris=dict(zip(labels, uris, strict=True)), **tables)
 
 
-def read_table(sweep: str, table: str, metric_names: Sequence[str] | None = None
-               ) -> pd.DataFrame:
-    """The live rows of one table of one sweep (categoricals as in the module docstring)."""
+def read_table(sweep: str, table: str, metric_names: Sequence[str] | None = None,
+               live: bool = True) -> pd.DataFrame:
+    """The live rows of one table of one sweep (categoricals as in the module docstring);
+    `live=False`: every row of every visible part."""
     store = ResultStore(sweep_uri(sweep))
     schema = SCHEMAS[table]
     cats = CATEGORICAL[table]
@@ -184,7 +187,7 @@ def read_table(sweep: str, table: str, metric_names: Sequence[str] | None = None
         df[col] = df[col].cat.reorder_categories(sorted(df[col].cat.categories))
     if table == "accuracy":     # rows from before validation splits were scored on test data
         df["split"] = df["split"].fillna("test")
-    return _live(table, df)
+    return _live(table, df) if live else df
 
 
 def wide_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -229,13 +232,13 @@ def varying_config_columns(trials: pd.DataFrame) -> list[str]:
 
 # -- internals --------------------------------------------------------------------------------
 
-def _live(table: str, df: pd.DataFrame) -> pd.DataFrame:
+def _live(table: str, df: pd.DataFrame, owners: pd.DataFrame | None = None) -> pd.DataFrame:
     keys = list(KEYS[table])
-    if table != "trials" and df["run"].nunique() <= 1:
+    if table != "trials" and (df.empty or df["run"].nunique() <= 1):
         # one run: nothing supersedes anything; only exact repeats of a key can be dropped
         df = df.drop_duplicates(subset=keys, keep="last")
         return df.sort_values(keys, kind="stable").reset_index(drop=True)
-    return live_rows(table, df)     # the store's rule: a newer run owns what it re-reported
+    return live_rows(table, df, owners)   # the store's rule: a newer run owns what it re-reported
 
 
 def _empty(table: str) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from lifelab.learners.teacher import StudentTask, Teacher
+from lifelab.learners.teacher import StudentTask, Teacher, as_rows
 from lifelab.platform.data import load_dataset
 
 TEACHERS = {
@@ -89,7 +89,7 @@ def main() -> None:
     rows = []
     first = next(iter(trained.values()))
     for dataset, hidden, activation in CELLS:
-        data = load_dataset(dataset)
+        data = as_rows(load_dataset(dataset))      # students train on float rows
         tasks = [StudentTask(hidden, activation, BENCH_SEED + i) for i in range(args.students)]
         base = [first.baselines(task, data, horizons) for task in tasks]
         for name, learner in trained.items():

@@ -126,6 +126,9 @@ class Learner(abc.ABC):
     partial_metrics: ClassVar[tuple[str, ...]] = ()
     architecture_keys: ClassVar[tuple[str, ...]] = ()
     adaptable_keys: ClassVar[tuple[str, ...]] = ()
+    #: adaptable layer-size lists whose ladder must keep the number of layers (adapt widens or
+    #: narrows layers; it does not add or remove them)
+    layer_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: dict, device: str | torch.device = "cpu", data: Any = None):
         self.config = self.validate_config(config)
@@ -162,6 +165,8 @@ class Learner(abc.ABC):
                    else "it cannot adapt a checkpoint")
             raise ConfigError(f"search.mutations.{key} changes the architecture of learner "
                               f"'{cls.name}', and {can}: remove {key} from search.mutations")
+        if key in cls.layer_keys:
+            same_layer_count(cls, key, values)
 
     @abc.abstractmethod
     def step_round(self) -> dict[str, float]:

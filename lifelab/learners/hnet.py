@@ -126,12 +126,7 @@ class HNet(ContinualLearner):
                          "chunk_emb_dim")
     #: architecture keys `adapt` can change (the others spread only with exploitation)
     adaptable_keys = ("hnet_hidden", "task_emb_dim", "chunk_emb_dim")
-
-    @classmethod
-    def check_mutation(cls, key: str, values: list) -> None:
-        super().check_mutation(key, values)
-        if key == "hnet_hidden":
-            same_layer_count(cls, key, values)
+    layer_keys = ("hnet_hidden",)
 
     @classmethod
     def validate_config(cls, config: dict) -> dict:

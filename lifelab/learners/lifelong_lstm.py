@@ -165,6 +165,7 @@ class LifelongLSTM(Learner):
         "acc_early", "mean_tries", "improvement", "recovery_steps", "train_loss")
     architecture_keys: tuple[str, ...] = ("hidden", "feature_size", "b_size", "c_size")
     adaptable_keys: tuple[str, ...] = ("hidden", "b_size", "c_size")
+    layer_keys = ("hidden",)
 
     @classmethod
     def validate_stream(cls, stream: dict) -> EpisodeConfig:
@@ -172,12 +173,6 @@ class LifelongLSTM(Learner):
             raise ConfigError(f"learner '{cls.name}' needs stream.kind trial_and_error, got "
                               f"{stream['kind']!r}: set stream: {{kind: trial_and_error}}")
         return EpisodeConfig.from_dict(stream)
-
-    @classmethod
-    def check_mutation(cls, key: str, values: list) -> None:
-        super().check_mutation(key, values)
-        if key == "hidden":
-            same_layer_count(cls, key, values)
 
     def __init__(self, config: dict, device: str | torch.device = "cpu",
                  data: Dataset | None = None):

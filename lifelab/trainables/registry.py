@@ -91,7 +91,8 @@ def check_learner_class(cls: object, name: str) -> type:
             param.check(name, key, param.default)
         except ConfigError as exc:
             raise ConfigError(f"learner '{name}' default of '{key}' is invalid: {exc}") from None
-    for attr in ("metrics", "partial_metrics", "architecture_keys", "adaptable_keys"):
+    for attr in ("metrics", "partial_metrics", "architecture_keys", "adaptable_keys",
+                 "layer_keys"):
         value = getattr(cls, attr)
         if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"learner '{name}' {attr} must be a tuple of names, got {value!r}")

@@ -99,6 +99,7 @@ class Teacher(Learner):
         "loss_ratio_adam_2n", "loss_ratio_adam_10n")
     architecture_keys: tuple[str, ...] = ("teacher_kind", "teacher_hidden", "features")
     adaptable_keys: tuple[str, ...] = ("teacher_hidden",)
+    layer_keys = ("teacher_hidden",)
 
     @classmethod
     def validate_stream(cls, stream: dict) -> StreamConfig:
@@ -112,12 +113,6 @@ class Teacher(Learner):
                                   f"only names the meta-training data): remove it, keep "
                                   f"{', '.join(STREAM_KEYS)}")
         return StreamConfig.from_dict(stream)
-
-    @classmethod
-    def check_mutation(cls, key: str, values: list) -> None:
-        super().check_mutation(key, values)
-        if key == "teacher_hidden":
-            same_layer_count(cls, key, values)
 
     @classmethod
     def validate_config(cls, config: dict) -> dict:

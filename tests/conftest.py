@@ -61,6 +61,15 @@ def one_thread():
 
 
 @pytest.fixture
+def one_thread_after():
+    """For tests that build a trainable in this process: it sets the thread count from its CPU
+    resources, and the session's one thread comes back afterwards."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def s3(monkeypatch):
     """An S3-compatible server (moto) on loopback, the AWS_* variables pointing at it, and a
     pyarrow filesystem on it: yields (filesystem, env)."""

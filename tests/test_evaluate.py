@@ -96,13 +96,6 @@ def test_a_pbt_selection_becomes_the_schedule_of_its_ancestry(tmp_path):
     spec_from_dict(spec)                                       # a valid spec
 
 
-@pytest.fixture
-def one_thread_after():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_the_trainable_replays_a_schedule_and_resumes_inside_it(ray_session, tmp_path,
                                                                 one_thread_after):
     from lifelab.trainables.trainable import LearnerTrainable

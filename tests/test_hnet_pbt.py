@@ -16,13 +16,6 @@ SMALL = {"target_hidden": [16], "chunk_size": 300, "task_emb_dim": 8, "chunk_emb
 STREAM = {"tasks": 3, "steps_per_task": 20}
 
 
-@pytest.fixture
-def one_thread_after():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)          # the trainable sets it from its CPU resources
-
-
 def test_trainable_adapts_a_checkpoint_whose_hypernetwork_is_narrower(ray_session, tmp_path,
                                                                         one_thread_after):
     from lifelab.trainables.trainable import LearnerTrainable

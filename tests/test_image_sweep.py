@@ -37,10 +37,10 @@ def test_a_split_cifar100_resnet_sweep_runs_and_reports(ray_session, short_tmp, 
 
 
 def test_a_resnet_trial_continues_bit_for_bit_from_its_checkpoint(ray_session, tmp_path,
-                                                                   cifar_root):
+                                                                   cifar_root,
+                                                                   one_thread_after):
     from lifelab.trainables.trainable import LearnerTrainable
 
-    threads = torch.get_num_threads()
     config = {"learner": "finetune", "stream": stream(cifar_root), **CONFIG}
     straight = LearnerTrainable(config=config)
     for _ in range(4):
@@ -53,7 +53,6 @@ def test_a_resnet_trial_continues_bit_for_bit_from_its_checkpoint(ray_session, t
     resumed.load_checkpoint(str(tmp_path))
     for _ in range(2):
         resumed.learner.step_round()                 # rounds 3 and 4, augmentation included
-    torch.set_num_threads(threads)
     for a, b in zip(straight.learner.model.state_dict().values(),
                     resumed.learner.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)

@@ -117,13 +117,6 @@ def test_adapt_refuses_what_it_cannot_carry_over():
         deeper.adapt(state, TINY)
 
 
-@pytest.fixture
-def one_thread_after():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)          # the trainable sets it from its CPU resources
-
-
 def test_trainable_drives_the_teacher_and_adapts_a_wider_checkpoint(ray_session, tmp_path,
                                                                      one_thread_after):
     from lifelab.trainables.trainable import LearnerTrainable

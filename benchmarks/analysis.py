@@ -73,10 +73,10 @@ def build_store(sweep: Path, trials: int, iterations: int, metrics: int, parts: 
                 "value": pa.array(rng.random(n)), "run": pa.array(np.ones(n, dtype=np.int64)),
             }, schema=SCHEMAS["metrics"]))
     if parts == "one":
-        store._write_part("metrics", pa.concat_tables(pieces))
+        store.write_part("metrics", pa.concat_tables(pieces))
     else:
         for piece in pieces:
-            store._write_part("metrics", piece)
+            store.write_part("metrics", piece)
     return trials * iterations * metrics
 
 

@@ -410,6 +410,11 @@ def test_plots_draw_what_the_tables_hold(sim):
     heat = plots.plot_accuracy_matrix(t, "A")
     shown = heat.axes[0].images[0].get_array()
     np.testing.assert_array_equal(shown.filled(np.nan), t.matrix("A").to_numpy())
+    # the colour scale spans the matrix's own range, and the colourbar shows its limits
+    lo, hi = np.nanmin(t.matrix("A").to_numpy()), np.nanmax(t.matrix("A").to_numpy())
+    assert heat.axes[0].images[0].get_clim() == pytest.approx((lo, hi))
+    ticks = heat.axes[1].get_yticks()
+    assert ticks[0] == pytest.approx(lo, abs=1e-4) and ticks[-1] == pytest.approx(hi, abs=1e-4)
     final = plots.plot_final_accuracy(t)
     assert len(final.axes[0].containers) == 2             # one errorbar per group
     tree = plots.plot_family_tree(t)
@@ -451,3 +456,71 @@ def test_load_and_report_a_sweep_on_s3(s3, tmp_path, monkeypatch):
     path, text = write_report(uri)               # a remote sweep's report goes to ./<name>-report
     assert path == tmp_path / "remote-report" / "report.html" and path.stat().st_size > 5000
     assert "r0" in text
+
+
+def test_heatmap_scale_fits_a_narrow_or_constant_matrix():
+    """A task-incremental matrix within [0.95, 0.99] is not one colour on a fixed [0, 1] scale."""
+    narrow = np.array([[0.95, np.nan], [0.97, 0.99]])
+    assert plots.color_limits(narrow) == (0.95, 0.99)
+    lo, hi = plots.color_limits(np.full((2, 2), 1.0))
+    assert hi - lo == pytest.approx(0.01) and lo < 1.0 < hi
+    assert plots.color_limits(np.full((1, 1), np.nan)) == (0.0, 1.0)
+
+
+def test_trial_summary_carries_the_task_and_class_incremental_views(tmp_path):
+    uri, _ = seeded_sweep(tmp_path)
+    store = ResultStore(uri, run=1)
+    store.append("metrics", [{"sweep": "seeds", "trial_id": "seeds_00000", "iteration": 2,
+                              "time_s": 1.0, "name": "acc_avg_til", "value": 0.97}])
+    s = analysis.load(uri).summary().set_index("trial_id")
+    assert s.acc_avg_til["seeds_00000"] == 0.97
+    assert s.acc_avg_til.drop("seeds_00000").isna().all() and s.acc_avg_cil.isna().all()
+    groups = analysis.load(uri).groups().set_index("group")
+    assert groups.acc_avg_til_mean["finetune lr=0.1"] == 0.97
+
+
+# -- one flattener, one formatter, one chain --------------------------------------------------
+
+def test_one_flattener_for_tables_and_lineage():
+    from lifelab.analysis.formatting import flatten
+
+    config = {"lr": 0.1, "stream": {"tasks": 3, "order": [[1, 2], [3]]}, "empty": {},
+              "hidden": [100, 100]}
+    assert flatten(config) == {"lr": 0.1, "stream.tasks": 3, "stream.order": ((1, 2), (3,)),
+                               "hidden": (100, 100)}
+    assert list(flatten(config)) == ["lr", "stream.tasks", "stream.order", "hidden"]
+    assert flatten(None) == {}
+
+
+@pytest.mark.parametrize("value, text", [
+    (None, "–"), (math.nan, "–"), (pd.NA, "–"), (0.123456, "0.1235"), (3, "3"),
+    ((0.5, 1), "[0.5, 1]"), ([1, [2, 3]], "[1, [2, 3]]"), ({"a": 1.0}, "{a: 1}"), ("x", "x")])
+def test_one_formatter_for_every_value(value, text):
+    from lifelab.analysis.formatting import fmt_value
+
+    assert fmt_value(value) == text
+
+
+def test_analysis_imports_form_one_chain():
+    """formatting -> tables -> lineage -> summaries -> plots -> report: each module imports only
+    modules before it, and nothing private of another module."""
+    import ast
+    from pathlib import Path
+
+    order = ["formatting", "selection", "status", "tables", "lineage", "summaries", "plots",
+             "space_plot", "report_page", "report", "sweep"]
+    root = Path(analysis.__file__).parent
+    assert set(order) <= {p.stem for p in root.glob("*.py")}
+    for i, name in enumerate(order):
+        for node in ast.walk(ast.parse((root / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "lifelab.analysis."):
+                other = node.module.rsplit(".", 1)[1]
+                assert other in order[:i], f"{name} imports {other}, which comes after it"
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{name} imports private {private} from {other}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("lifelab.analysis."):
+                        other = alias.name.rsplit(".", 1)[1]
+                        assert other in order[:i], f"{name} imports {other}, after it"

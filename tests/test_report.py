@@ -12,6 +12,7 @@ import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from test_analysis import seeded_sweep, simulate, trial_row, write_spec
@@ -220,6 +221,8 @@ def test_compare_puts_sweeps_side_by_side(chromium, tmp_path, capsys):
     assert_table(dom, "table-board-run-a", rows=7)
     assert_table(dom, "table-board-run-b", rows=7)
     assert len(dom.images) == 2 and all(i.get("data-loaded") == "yes" for i in dom.images)
+    cards, bad = overflowing(chromium, out / "report.html")
+    assert cards >= 5 and bad == []
 
 
 def test_real_pbt_sweep_lineage_matches_what_learners_reported(ray_session, short_tmp,
@@ -307,3 +310,175 @@ def test_a_sweep_that_selected_on_test_says_so_in_the_first_line(tmp_path):
     spec["search"].update(metric="val_acc_avg", select_on_test=False)
     spec_path.write_text(yaml.safe_dump(spec))
     assert "TEST DATA" not in write_report(uri, out=str(tmp_path / "out2"))[1]
+
+
+# -- layout: nothing runs past its card ---------------------------------------------------------
+
+LONG_ROOT = "/data/" + "very-long-directory-name/" * 6 + "mnist"
+
+
+def wide_sweep(tmp_path) -> str:
+    """A class-incremental fifo sweep without a joint trial whose six trials differ in twelve
+    config keys, some with long values (a path, a long list, a nested dict): a leaderboard far
+    wider than the page. Its test matrices stay within [0.9, 1], its task-IL view beside them."""
+    name = "wide-class-il-sweep-with-a-long-name"
+    uri = write_spec(tmp_path / "wide", name,
+                     learner="finetune", stream={"dataset": "mnist5k", "kind": "split",
+                                                 "tasks": 3, "scenario": "class"},
+                     search={"scheduler": "fifo", "metric": "val_acc_avg", "mode": "max"})
+    store = ResultStore(uri, run=1)
+    trials, acc, metrics = [], [], []
+    for i in range(6):
+        tid = f"wide_{i:05d}"
+        config = {"learner": "finetune", "lr": 10 ** -(i + 1), "seed": i,
+                  "data_root": f"{LONG_ROOT}-{i}", "hidden": [256 + i] * 12,
+                  "optimizer": {"name": f"adam-{i}", "betas": [0.9, 0.999 - i / 1000],
+                                "schedule": {"kind": "cosine", "warmup": i}},
+                  **{f"knob_number_{k}": i * k for k in range(8)}}
+        trials.append(trial_row(name, tid, "finetune", i, config, iterations=3))
+        rows = [[0.9 + 0.01 * i + 0.001 * j + 0.0005 * t for j in range(t + 1)]
+                for t in range(3)]
+        for it, row in enumerate(rows, start=1):
+            acc += [{"sweep": name, "trial_id": tid, "iteration": it, "trained_task": it - 1,
+                     "eval_task": j, "accuracy": a, "split": split}
+                    for split in ("test", "val") for j, a in enumerate(row)]
+            til = min(1.0, float(np.mean(row)) + 0.05)
+            metrics += [{"sweep": name, "trial_id": tid, "iteration": it, "time_s": 1.0,
+                         "name": metric, "value": value}
+                        for metric, value in (("acc_avg", float(np.mean(row))),
+                                              ("val_acc_avg", float(np.mean(row)) - 0.01),
+                                              ("acc_avg_til", til),
+                                              ("val_acc_avg_til", til - 0.01),
+                                              ("acc_avg_cil", float(np.mean(row))))]
+    store.append("trials", trials)
+    store.append("accuracy", acc)
+    store.append("metrics", metrics)
+    return uri
+
+
+# Run after the page loaded: every element inside a card that is not inside a sideways-scrolling
+# box must stay within its card and not overflow itself; the page must not scroll sideways.
+OVERFLOW_CHECK = """<script>
+window.addEventListener("load", function () {
+  var bad = [], cards = document.querySelectorAll(".card");
+  function scrolls(el, card) {
+    for (var p = el.parentElement; p && p !== card; p = p.parentElement) {
+      var ox = getComputedStyle(p).overflowX;
+      if (ox === "auto" || ox === "scroll") return true;
+    }
+    return false;
+  }
+  function name(el) { return el.tagName + (el.id ? "#" + el.id : "") + " "
+                             + (el.textContent || "").trim().slice(0, 30); }
+  cards.forEach(function (card) {
+    var box = card.getBoundingClientRect();
+    if (card.scrollWidth > card.clientWidth + 1) bad.push("card " + card.id);
+    card.querySelectorAll("*").forEach(function (el) {
+      if (scrolls(el, card)) return;
+      var r = el.getBoundingClientRect();
+      if (r.width > 0 && (r.right > box.right + 1 || r.left < box.left - 1))
+        bad.push(card.id + ": " + name(el));
+      else if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1
+               && getComputedStyle(el).overflowX === "visible")
+        bad.push(card.id + ": inside " + name(el));
+    });
+  });
+  var doc = document.documentElement;
+  if (doc.scrollWidth > doc.clientWidth + 1) bad.push("the page scrolls sideways");
+  document.body.dataset.cards = cards.length;
+  document.body.dataset.overflow = JSON.stringify(bad);
+});
+</script>"""
+
+
+def overflowing(chromium: str, page: Path, css: str | None = None) -> tuple[int, list[str]]:
+    """(cards, elements that run past their card) of `page` rendered 1024 px wide, optionally
+    with its stylesheet replaced."""
+    import json
+    import re
+
+    text = page.read_text()
+    if css is not None:
+        text = re.sub(r"<style>.*?</style>", lambda _: f"<style>{css}</style>", text,
+                      flags=re.S)
+    probe = page.with_name("probe.html")
+    probe.write_text(text.replace("</body>", OVERFLOW_CHECK + "</body>"))
+    profile = tempfile.mkdtemp(prefix="ll-chrome-", dir="/tmp")
+    try:
+        out = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                              "--window-size=1024,768", "--dump-dom", probe.resolve().as_uri()],
+                             capture_output=True, text=True, timeout=120, check=True)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    body = Dom(out.stdout).body
+    return int(body.get("data-cards", 0)), json.loads(body.get("data-overflow", '["no check"]'))
+
+
+@pytest.fixture(scope="module")
+def wide_report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wide")
+    path, text = write_report(wide_sweep(tmp), out=str(tmp / "out"))
+    return path, text
+
+
+def test_wide_tables_scroll_inside_their_cards_in_chromium(chromium, wide_report):
+    path, _ = wide_report
+    cards, bad = overflowing(chromium, path)
+    assert cards == 7 and bad == []     # spec, selection, groups, board, plots, trials, defs
+    # the check sees overflow: without the sideways scrolling box the leaderboard runs past
+    from lifelab.analysis.report_page import CSS
+    assert ".scroll{overflow-x:auto;" in CSS
+    cards, bad = overflowing(chromium, path, CSS.replace(".scroll{overflow-x:auto;", ".scroll{"))
+    assert any(b.startswith("card-leaderboard") for b in bad)
+    assert "the page scrolls sideways" in bad
+
+
+def test_long_values_are_shortened_with_the_full_value_on_hover(wide_report):
+    import re
+
+    path, _ = wide_report
+    page = path.read_text()
+    board = page[page.index('id="table-leaderboard"'):]
+    board = board[:board.index("</table>")]
+    titles = dict(re.findall(r'<td title="([^"]+)">([^<]+)</td>', board))
+    full = f"{LONG_ROOT}-5"
+    assert titles[full] == full[:31] + "…"                        # shortened, full on hover
+    assert any(t.startswith("[261, 261") and len(t) > 40 for t in titles)
+    head = Dom(page).tables["table-leaderboard"]["head"]
+    assert "config.optimizer.schedule.warmup" in head             # may wrap at dots only
+    assert "config.<wbr>optimizer.<wbr>schedule.<wbr>warmup" in board
+
+
+def test_class_il_shows_task_il_accuracy_and_what_missing_columns_need(wide_report):
+    path, text = wide_report
+    dom = Dom(path.read_text())
+    board = dom.tables["table-leaderboard"]
+    head = board["head"]
+    # selected on val_acc_avg, the class-IL test accuracy beside it, then the task-IL view
+    assert head[head.index("val_acc_avg") + 1:head.index("val_acc_avg") + 3] == [
+        "acc_avg", "acc_avg_til"]
+    assert "acc_avg_cil" not in head                  # the same as acc_avg in scenario class
+    til = [float(row[head.index("acc_avg_til")]) for row in board["rows"]]
+    acc = [float(row[head.index("acc_avg")]) for row in board["rows"]]
+    assert all(t == pytest.approx(min(1.0, a + 0.05), abs=1e-3)
+               for t, a in zip(til, acc, strict=True))
+    groups = dom.tables["table-groups"]
+    assert "acc_avg_til" in groups["head"]
+    # no joint trial, no baseline: the columns say what they need instead of a blank
+    for table in (board, groups):
+        for col, need in (("intransigence", "needs a joint trial"), ("fwt", "needs a baseline")):
+            assert {row[table["head"].index(col)] for row in table["rows"]} == {need}
+    assert "intransigence: needs a joint trial" in text
+    assert "acc_avg_til" in text.split("All trials, best first:")[1].splitlines()[1]
+
+
+def test_compare_says_which_sweep_needs_a_joint_trial(tmp_path):
+    from lifelab.analysis.report import per_sweep_groups, side_by_side
+
+    a, _ = seeded_sweep(tmp_path, "run-a")              # has a joint trial
+    t = analysis.load([a, wide_sweep(tmp_path)])
+    side = side_by_side(t, per_sweep_groups(t), "intransigence").set_index("group")
+    wide = t.sweeps[1]
+    assert set(side.loc["joint lr=0.1"]) == {"0 (n=1)", "–"}
+    theirs = side[wide][side["run-a"] == "–"]
+    assert len(theirs) == 6 and set(theirs) == {"needs a joint trial"}

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lifelab.analysis.formatting import flatten, fmt_value
 from lifelab.analysis.selection import foreign_keys
 from lifelab.analysis.tables import SweepTables
 
@@ -160,7 +161,7 @@ def ancestry(tables: SweepTables, trial_id: str, sweep: str | None = None) -> pd
     last = _last_iterations(tables, sweep)
     rows = []
     for gen, seg in enumerate(lineage.segments(trial_id)):
-        flat = _flat(seg.config)
+        flat = flatten(seg.config)
         rows.append({"generation": gen, "trial_id": seg.trial_id, "from_iteration": seg.start,
                      "to_iteration": seg.end if seg.end is not None else last.get(seg.trial_id),
                      "exploit_time": seg.exploit.time if seg.exploit else np.nan,
@@ -180,9 +181,9 @@ def family_tree(tables: SweepTables) -> pd.DataFrame:
     events = tables.events[tables.events.kind == "exploit"]
     rows = []
     for e in events.itertuples(index=False):
-        old, new = _flat(_json(e.old_config_json)), _flat(_json(e.new_config_json))
+        old, new = flatten(_json(e.old_config_json)), flatten(_json(e.new_config_json))
         keys = own_keys(tables, str(e.sweep), str(e.trial_id), sorted(set(old) | set(new)))
-        changes = [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}"
+        changes = [f"{k}: {fmt_value(old.get(k))} -> {fmt_value(new.get(k))}"
                    for k in keys if old.get(k) != new.get(k)]
         rows.append({"sweep": str(e.sweep), "trial_id": str(e.trial_id),
                      "iteration": int(e.iteration), "donor": str(e.donor), "time": e.time,
@@ -204,7 +205,7 @@ def mutated_keys(tables: SweepTables, sweep: str | None = None) -> list[str]:
     if sweep is not None:
         events = events[events.sweep == sweep]
     for old, new in zip(events.old_config_json, events.new_config_json, strict=True):
-        o, n = _flat(_json(old)), _flat(_json(new))
+        o, n = flatten(_json(old)), flatten(_json(new))
         keys |= {k for k in set(o) | set(n) if o.get(k) != n.get(k)}
     return sorted(keys)
 
@@ -332,7 +333,7 @@ def _split(acc: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def _schedule_rows(sweep: str, trial_id: str, iteration: int, seg: Segment, keys) -> list:
-    flat = _flat(seg.config)
+    flat = flatten(seg.config)
     return [{"sweep": sweep, "trial_id": trial_id, "iteration": iteration, "key": k,
              "value": flat.get(k, np.nan) if seg.config is not None else np.nan,
              "source_trial": seg.trial_id} for k in keys]
@@ -358,21 +359,3 @@ def _json(text) -> dict:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _flat(config: dict | None, prefix: str = "") -> dict:
-    out: dict = {}
-    for key, value in (config or {}).items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
-def _short(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(map(str, value)) + "]"
-    return str(value)

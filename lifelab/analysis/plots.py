@@ -7,11 +7,11 @@ nothing to draw (no results yet, no PBT exploits, ...). Save with `fig.savefig("
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import pandas as pd
 
+from lifelab.analysis.formatting import missing, shorten
 from lifelab.analysis.lineage import accuracy_matrix, lineage_of, mutated_keys, schedules
 from lifelab.analysis.summaries import group_labels, matrices, mean_sem, trial_summary
 from lifelab.analysis.tables import SweepTables
@@ -19,7 +19,8 @@ from lifelab.analysis.tables import SweepTables
 MAX_LINES = 12        # curves per panel in `plot_final_accuracy`
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
+    """An empty Figure on the Agg canvas, its layout constrained (no pyplot state)."""
     from matplotlib.figure import Figure
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
@@ -46,7 +47,7 @@ def plot_learning_curves(tables: SweepTables, metric: str | None = None):
         return None
     colors = learner_colors(tables)
     learner = _learner_of(tables)
-    fig = _figure(min(5.5 * len(sweeps), 16), 3.8)
+    fig = figure(min(5.5 * len(sweeps), 16), 3.8)
     axes = np.atleast_1d(fig.subplots(1, len(sweeps), sharey=True, squeeze=False)[0])
     for ax, sweep in zip(axes, sweeps, strict=True):
         name = metric or tables.metric(sweep)[0]
@@ -82,7 +83,7 @@ def plot_final_accuracy(tables: SweepTables):
         return None
     colors = learner_colors(tables)
     sweeps = [s for s in tables.sweeps if any(k[0] == s for k in mats)]
-    fig = _figure(min(5.5 * len(sweeps), 16), 3.8)
+    fig = figure(min(5.5 * len(sweeps), 16), 3.8)
     axes = np.atleast_1d(fig.subplots(1, len(sweeps), sharey=True, squeeze=False)[0])
     styles = ["-", "--", ":", "-."]
     for ax, sweep in zip(axes, sweeps, strict=True):
@@ -107,7 +108,7 @@ def plot_final_accuracy(tables: SweepTables):
             k = used[learner] = used.get(learner, -1) + 1
             ax.errorbar(np.arange(T), mean, yerr=sem, color=colors.get(learner),
                         ls=styles[k % 4], marker="o", ms=4, capsize=3,
-                        label=f"{_short(group)} (n={len(rows)})")
+                        label=f"{shorten(group)} (n={len(rows)})")
         ax.set_title(f"{sweep}: after all {T} tasks" if len(sweeps) > 1
                      else f"accuracy per task after all {T} tasks")
         ax.set_xlabel("task index (0 = first task)")
@@ -128,23 +129,42 @@ def plot_accuracy_matrix(tables: SweepTables, trial_id: str, sweep: str | None =
     sweep = tables.sweep_of(trial_id, sweep)
     R = matrix.to_numpy(float)
     T, W = R.shape
-    fig = _figure(min(2.0 + 0.4 * W, 9), min(1.4 + 0.36 * T, 8))
+    fig = figure(min(2.0 + 0.4 * W, 9), min(1.4 + 0.36 * T, 8))
     ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    lo, hi = color_limits(R)
+    image = ax.imshow(np.ma.masked_invalid(R), vmin=lo, vmax=hi, cmap="viridis", aspect="auto")
+    digits = 3 if hi - lo < 0.1 else 2          # a narrow scale: enough digits to tell apart
     if T * W <= 144:
         for i in range(T):
             for j in range(W):
                 if np.isfinite(R[i, j]):
-                    ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if R[i, j] < 0.6 else "black")
+                    dark = (R[i, j] - lo) / (hi - lo) < 0.6     # viridis is dark below ~0.6
+                    ax.text(j, i, f"{R[i, j]:.{digits}f}", ha="center", va="center", fontsize=7,
+                            color="white" if dark else "black")
     ax.set_xticks(range(W))
     ax.set_yticks(range(T))
     ax.set_xlabel("evaluated on task j")
     ax.set_ylabel("after training task i")
     learner = _learner_of(tables).get((sweep, trial_id), "?")
     ax.set_title(f"{trial_id} ({learner})", fontsize=10)
-    fig.colorbar(image, ax=ax, label="accuracy", shrink=0.85)
+    bar = fig.colorbar(image, ax=ax, label=f"accuracy (scale {lo:.3g} to {hi:.3g})",
+                       shrink=0.85)
+    bar.set_ticks(sorted({*np.linspace(lo, hi, 5).round(4)}))   # the ends show the limits
     return fig
+
+
+def color_limits(R: np.ndarray) -> tuple[float, float]:
+    """The colour scale of an accuracy heatmap: the range of its finite values, so a matrix
+    that stays within [0.93, 1] (e.g. task-incremental accuracies) is not uniformly one colour
+    on a fixed [0, 1] scale; widened to 0.01 around a (nearly) constant matrix."""
+    finite = R[np.isfinite(R)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi - lo < 0.01:
+        mid = (lo + hi) / 2
+        lo, hi = mid - 0.005, mid + 0.005
+    return lo, hi
 
 
 def plot_schedules(tables: SweepTables, sweep: str | None = None, inherited: bool = False):
@@ -160,7 +180,7 @@ def plot_schedules(tables: SweepTables, sweep: str | None = None, inherited: boo
         return None
     colors = learner_colors(tables)
     learner = _learner_of(tables)
-    fig = _figure(7.5, 2.0 + 2.2 * len(keys))
+    fig = figure(7.5, 2.0 + 2.2 * len(keys))
     axes = np.atleast_1d(fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0])
     for ax, key in zip(axes, keys, strict=True):
         part = sched[sched.key == key]
@@ -175,7 +195,7 @@ def plot_schedules(tables: SweepTables, sweep: str | None = None, inherited: boo
             g = g.sort_values("iteration")
             y = (g.value.astype(float) if numeric
                  else g.value.map(lambda v, labels=labels: labels.index(str(v))
-                                  if not _nan(v) else np.nan))
+                                  if not missing(v) else np.nan))
             # the value at iteration i held during round i, i.e. over (i - 1, i]
             x = np.r_[g.iteration.iloc[0] - 1, g.iteration.to_numpy()]
             y = np.r_[np.asarray(y, float)[:1], np.asarray(y, float)]
@@ -213,7 +233,7 @@ def plot_family_tree(tables: SweepTables, sweep: str | None = None,
                     key=lambda t: (learner.get((sweep, t), "?"), t))
     y = {t: i for i, t in enumerate(trials)}
     n = len(trials)
-    fig = _figure(8, 1.4 + (0.42 * n if n <= 20 else 8.4 + 0.15 * (n - 20)))
+    fig = figure(8, 1.4 + (0.42 * n if n <= 20 else 8.4 + 0.15 * (n - 20)))
     ax = fig.subplots()
     for t in trials:
         lo, hi = (span.loc[t, "min"] - 1, span.loc[t, "max"]) if t in span.index else (0, 0)
@@ -255,14 +275,6 @@ def _learner_of(tables: SweepTables) -> dict[tuple[str, str], str]:
     t = tables.trials
     return {(str(s), str(i)): str(x) for s, i, x in zip(t.sweep, t.trial_id, t.learner,
                                                          strict=True)}
-
-
-def _short(label: str, width: int = 40) -> str:
-    return label if len(label) <= width else label[:width - 1] + "…"
-
-
-def _nan(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _ladder_order(label: str):

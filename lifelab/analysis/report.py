@@ -14,22 +14,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import lifelab.analysis.plots as plots
+from lifelab.analysis.formatting import fmt_text, fmt_value, missing, pm
 from lifelab.analysis.lineage import ancestry, family_tree
-from lifelab.analysis.report_page import (
-    esc,
-    figures_html,
-    fmt_text,
-    fmt_value,
-    html_table,
-    pm,
-    safe,
-    write_page,
-)
+from lifelab.analysis.report_page import card, esc, figures_html, html_table, safe, write_page
 from lifelab.analysis.selection import selected_on_test, test_metric
-from lifelab.analysis.summaries import SUMMARY_METRICS, group_summary, leaderboard
+from lifelab.analysis.summaries import (
+    SUMMARY_METRICS,
+    VIEW_METRICS,
+    group_summary,
+    leaderboard,
+    reference_accuracies,
+)
 from lifelab.analysis.tables import SweepTables, load, sweep_uri, varying_config_columns
 
 MAX_HEATMAPS = 12
@@ -39,6 +38,16 @@ BOARD_COLUMNS = ("trial_id", "learner", "status", "iteration", "score", "test_sc
 TEXT_COLUMNS = ("trial_id", "learner", "status", "iteration", "score", "test_score",
                 "final_acc", "bwt", "forgetting", "intransigence")
 SIDE_METRICS = ("score", "test_score", "final_acc", "bwt", "forgetting", "intransigence")
+NEEDS = {"intransigence": "needs a joint trial", "fwt": "needs a baseline"}
+NOTES = {
+    "intransigence": "a*[k] - R[k, k]: a* is the mean R[k, k] of the sweep's joint trials, so it "
+                     "needs a trial of learner joint in the sweep",
+    "fwt": "R[j-1, j] - b[j]: needs each task scored before it is trained and b, an untrained "
+           "model's accuracy (analysis.trial_summary(baseline=...)), or a learner that reports fwt",
+    "acc_avg_til": "task-incremental: each task scored with its identity given (test, last round)",
+    "acc_avg_cil": "class-incremental: no task identity, every class seen so far (test, last "
+                   "round)",
+}
 RUNS = ("mean ± SEM over independent runs (trials that differ only by seed; a PBT population is "
         "one run: its selected member, no ±)")
 
@@ -67,6 +76,8 @@ def text_report(tables: SweepTables | str) -> str:
              f"Summary by group ({RUNS}):", fmt_text(_group_table(tables)), "",
              "Best trial per learner:", fmt_text(_named(tables, sweep, per_learner[shown])), "",
              "All trials, best first:", fmt_text(_named(tables, sweep, board[shown]))]
+    lines += [f"{col}: {need} (blank above)" for col, need in
+              _blanks(tables, sweep, board).items() if col in shown]
     return "\n".join(lines)
 
 
@@ -95,9 +106,14 @@ def per_sweep_groups(tables: SweepTables) -> pd.DataFrame:
 
 
 def side_by_side(tables: SweepTables, groups: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Rows: group; columns: sweeps; cells: 'mean ± sem (n)' ('–': not in that sweep)."""
-    groups = groups.assign(cell=[pm(m, s) + f" (n={n})" for m, s, n in zip(
-        groups[f"{metric}_mean"], groups[f"{metric}_sem"], groups.n, strict=True)])
+    """Rows: group; columns: sweeps; cells: 'mean ± sem (n)' ('–': not in that sweep; what the
+    metric needs where the sweep cannot compute it, e.g. intransigence without a joint trial)."""
+    board = leaderboard(tables)
+    needs = {s: _blanks(tables, s, board[board.sweep == s]).get(metric) for s in tables.sweeps}
+    groups = groups.assign(cell=[
+        needs[sweep] if missing(m) and needs.get(sweep) else pm(m, s) + f" (n={n})"
+        for sweep, m, s, n in zip(groups.sweep, groups[f"{metric}_mean"],
+                                  groups[f"{metric}_sem"], groups.n, strict=True)])
     wide = groups.pivot(index="group", columns="sweep", values="cell")
     order = list(dict.fromkeys(groups.group))
     wide = wide.reindex(index=order, columns=[s for s in tables.sweeps if s in wide.columns])
@@ -134,7 +150,7 @@ def _report_body(tables: SweepTables, figures: dict) -> str:
     sweep = tables.sweeps[0]
     metric, mode = tables.metric(sweep)
     parts = [*_html_warning(tables, [sweep]), f"<h1>{esc(sweep)}</h1>",
-             _spec_block(tables, sweep)]
+             card("Sweep", _spec_block(tables, sweep), key="spec")]
     if tables.metrics.empty and tables.accuracy.empty:
         parts.append('<p class="empty" id="no-results"><b>No results yet.</b> This sweep has '
                      "not reported a round: its results tables are empty. Run or resume it, "
@@ -144,35 +160,39 @@ def _report_body(tables: SweepTables, figures: dict) -> str:
     selected, reported = _selection_lines(tables, sweep)
     shown = _shown(tables, sweep, board, BOARD_COLUMNS,
                    [c for c in board if c.startswith("config.")])
+    blanks = _blanks(tables, sweep, board)
     parts += [
-        "<h2>Selection and reporting</h2>",
-        f'<p id="selection"><b>Selected on</b> {esc(selected)}.<br><b>Reported</b> '
-        f"{esc(reported)}.</p>",
-        "<h2>Summary by group</h2>",
-        f"<p>Groups: the same learner and config apart from seeds. Each cell is the {esc(RUNS)}"
-        f". Best group first by <code>{esc(metric)}</code> ({esc(mode)}).</p>",
-        html_table(_group_table(tables), "groups"),
-        "<h2>Leaderboard</h2>",
-        f"<p>Every trial, best first by its last reported <code>{esc(metric)}</code> (what was "
-        "selected on), with the test numbers beside it: CL metrics from its full test accuracy "
-        "matrix (through its PBT ancestry).</p>",
-        html_table(_named(tables, sweep, board[shown]), "leaderboard"),
-        "<h2>Plots</h2>", figures_html(figures),
+        card("Selection and reporting",
+             f'<p id="selection"><b>Selected on</b> {esc(selected)}.<br><b>Reported</b> '
+             f"{esc(reported)}.</p>", key="selection"),
+        card("Summary by group",
+             f"<p>Groups: the same learner and config apart from seeds. Each cell is the "
+             f"{esc(RUNS)}. Best group first by <code>{esc(metric)}</code> ({esc(mode)}).</p>",
+             html_table(_group_table(tables, blanks), "groups", blanks, NOTES), key="groups"),
+        card("Leaderboard",
+             f"<p>Every trial, best first by its last reported <code>{esc(metric)}</code> "
+             "(what was selected on), with the test numbers beside it: CL metrics from its full "
+             "test accuracy matrix (through its PBT ancestry). Hover a header with a dotted "
+             "underline for what it needs, a shortened value for all of it.</p>",
+             html_table(_named(tables, sweep, board[shown]), "leaderboard", blanks, NOTES),
+             key="leaderboard"),
+        card("Plots", figures_html(figures), key="plots"),
     ]
     best = str(board.trial_id.iloc[0])
     if not tables.events.empty:
         anc = ancestry(tables, best, sweep=sweep).drop(columns=["sweep", "config"])
-        parts += [f"<h2>Lineage of the best trial ({esc(best)})</h2>",
-                  "<p>The segments its final state was trained in, newest first: trial, "
-                  "iterations (from, to], and the hyperparameters of each segment (blank: "
-                  "not recorded).</p>", html_table(anc, "lineage")]
-        parts += ["<h2>PBT exploits</h2>", html_table(family_tree(tables)
-                                                      .drop(columns=["sweep"]), "exploits")]
+        parts += [card(f"Lineage of the best trial ({best})",
+                       "<p>The segments its final state was trained in, newest first: trial, "
+                       "iterations (from, to], and the hyperparameters of each segment (blank: "
+                       "not recorded).</p>", html_table(anc, "lineage"), key="lineage"),
+                  card("PBT exploits", html_table(family_tree(tables).drop(columns=["sweep"]),
+                                                  "exploits"), key="exploits")]
     errors = tables.trials[tables.trials.status == "ERROR"]
     if len(errors):
-        parts += ["<h2>Errors</h2>",
-                  html_table(errors[["trial_id", "learner", "iterations", "error"]], "errors")]
-    parts += ["<h2>Trials</h2>", html_table(_trials_table(tables), "trials"), _DEFINITIONS]
+        parts.append(card("Errors", html_table(errors[["trial_id", "learner", "iterations",
+                                                       "error"]], "errors"), key="errors"))
+    parts += [card("Trials", html_table(_trials_table(tables), "trials"), key="trials"),
+              card("Definitions", _DEFINITIONS, key="definitions")]
     return "\n".join(parts)
 
 
@@ -180,25 +200,30 @@ def _compare_body(tables: SweepTables, figures: dict) -> str:
     parts = [*_html_warning(tables, tables.sweeps),
              "<h1>Comparison of " + ", ".join(esc(s) for s in tables.sweeps) + "</h1>"]
     for sweep in tables.sweeps:
-        parts.append(_spec_block(tables, sweep))
+        parts.append(card(f"Sweep {sweep}", _spec_block(tables, sweep), key=f"spec-{sweep}"))
     groups = per_sweep_groups(tables)
     if groups.empty:
         parts.append('<p class="empty" id="no-results"><b>No results yet</b> in any of these '
                      "sweeps.</p>")
         return "\n".join(parts)
-    parts += ["<h2>Side by side</h2>", f"<p>Each cell is the {esc(RUNS)}.</p>"]
+    side = [f"<p>Each cell is the {esc(RUNS)}.</p>"]
     for metric in _side_metrics(groups, SIDE_METRICS):
-        parts += [f"<h3>{esc(_metric_title(tables, metric))} (mean ± SEM)</h3>",
-                  html_table(side_by_side(tables, groups, metric), f"side-{metric}")]
-    parts += ["<h2>Plots</h2>", figures_html(figures), "<h2>Leaderboards</h2>"]
+        side += [f"<h3>{esc(_metric_title(tables, metric))} (mean ± SEM)</h3>",
+                 html_table(side_by_side(tables, groups, metric), f"side-{metric}")]
+    parts += [card("Side by side", *side, key="side"),
+              card("Plots", figures_html(figures), key="plots")]
     board = leaderboard(tables)
+    boards = []
     for sweep in tables.sweeps:
         part = board[board.sweep == sweep]
         shown = _shown(tables, sweep, part, BOARD_COLUMNS,
                        [c for c in part if c.startswith("config.")])
-        parts += [f"<h3>{esc(sweep)} (by {esc(tables.metric(sweep)[0])})</h3>",
-                  html_table(_named(tables, sweep, part[shown].head(10)), f"board-{sweep}")]
-    parts.append(_DEFINITIONS)
+        blanks = _blanks(tables, sweep, part)
+        boards += [f"<h3>{esc(sweep)} (by {esc(tables.metric(sweep)[0])})</h3>",
+                   html_table(_named(tables, sweep, part[shown].head(10)), f"board-{sweep}",
+                              blanks, NOTES)]
+    parts += [card("Leaderboards", *boards, key="boards"),
+              card("Definitions", _DEFINITIONS, key="definitions")]
     return "\n".join(parts)
 
 
@@ -285,7 +310,7 @@ def _board(tables: SweepTables) -> pd.DataFrame:
 
 def _shown(tables: SweepTables, sweep: str, board: pd.DataFrame, columns, extra) -> list[str]:
     """The leaderboard columns to show: `selected` only under PBT, `test_score` only when it
-    is not the metric itself."""
+    is not the metric itself, the other incremental views (`_views`) right after it."""
     metric = tables.metric(sweep)[0]
     drop = set()
     if "population" not in board or board.population.isna().all():
@@ -293,7 +318,39 @@ def _shown(tables: SweepTables, sweep: str, board: pd.DataFrame, columns, extra)
     if _test_name(tables, sweep) in (None, metric):
         drop.add("test_score")
     cols = ["rank", *(c for c in columns if c not in drop), *extra]
+    after = "test_score" if "test_score" in cols else "score"
+    at = cols.index(after) + 1 if after in cols else len(cols)
+    cols[at:at] = _views(tables, sweep, board)
     return [c for c in dict.fromkeys(cols) if c in board]
+
+
+def _views(tables: SweepTables, sweep: str, board: pd.DataFrame) -> list[str]:
+    """The incremental accuracies recorded beside the test metric that differ from it: a
+    class-incremental sweep's acc_avg_til (its acc_avg is class-IL), a task-incremental
+    sweep's acc_avg_cil."""
+    test = _test_name(tables, sweep)
+    out = []
+    for view in VIEW_METRICS:
+        if view not in board or view == test or board[view].isna().all():
+            continue
+        if test and np.allclose(board[view].to_numpy(float), board.test_score.to_numpy(float),
+                                equal_nan=True):
+            continue
+        out.append(view)
+    return out
+
+
+def _blanks(tables: SweepTables, sweep: str, board: pd.DataFrame) -> dict[str, str]:
+    """{column: the text of its blank cells} for the CL summaries a sweep with accuracy
+    matrices cannot compute: intransigence without a joint trial, fwt without a baseline."""
+    if "tasks" not in board or not (board.tasks > 0).any():
+        return {}        # no matrix at all (e.g. a learned optimizer): plain blanks
+    out = {}
+    if sweep not in reference_accuracies(tables):
+        out["intransigence"] = NEEDS["intransigence"]
+    if board.fwt.isna().all():
+        out["fwt"] = NEEDS["fwt"]
+    return out
 
 
 def _named(tables: SweepTables, sweep: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -303,7 +360,9 @@ def _named(tables: SweepTables, sweep: str, df: pd.DataFrame) -> pd.DataFrame:
     return df.rename(columns={k: v for k, v in names.items() if v not in df})
 
 
-def _group_table(tables: SweepTables) -> pd.DataFrame:
+def _group_table(tables: SweepTables, blanks: dict[str, str] | None = None) -> pd.DataFrame:
+    """Mean ± SEM per group (None: no value); a metric with no value in any group is left out
+    unless `blanks` says what it needs."""
     sweep = tables.sweeps[0]
     groups = group_summary(tables)
     out = groups[["group", "n"]].copy()
@@ -311,11 +370,13 @@ def _group_table(tables: SweepTables) -> pd.DataFrame:
         out["trials"] = groups.trials
     test = _test_name(tables, sweep)
     names = {"score": tables.metric(sweep)[0], "test_score": test}
+    views = _views(tables, sweep, _board(tables))
     for m in SUMMARY_METRICS:
-        if m == "test_score" and test == names["score"]:
+        if (m == "test_score" and test == names["score"]) or (m in VIEW_METRICS
+                                                             and m not in views):
             continue
-        if groups[f"{m}_mean"].notna().any():
-            out[names.get(m) or m] = [pm(a, b) for a, b in zip(
+        if groups[f"{m}_mean"].notna().any() or m in (blanks or {}):
+            out[names.get(m) or m] = [None if missing(a) else pm(a, b) for a, b in zip(
                 groups[f"{m}_mean"], groups[f"{m}_sem"], strict=True)]
     if len(tables.sweeps) > 1:
         out.insert(1, "sweeps", groups.sweeps)
@@ -357,8 +418,7 @@ def _spec_block(tables: SweepTables, sweep: str) -> str:
     return f'<dl class="spec">{items}</dl>'
 
 
-_DEFINITIONS = """<h2>Definitions</h2>
-<p>Selection and reporting: trials are ranked by the sweep's metric (by default
+_DEFINITIONS = """<p>Selection and reporting: trials are ranked by the sweep's metric (by default
 <code>val_acc_avg</code>, on the validation split, which no learner trains on) at its last
 reported round, i.e. at the end of the stream once a trial finished; the numbers reported beside
 it are on the test split. R[i, j] is the test accuracy on task j after training tasks 0..i
@@ -366,12 +426,20 @@ it are on the test split. R[i, j] is the test accuracy on task j after training 
 <ul>
 <li><b>final_acc</b>: mean of R[T-1, j] over j.</li>
 <li><b>bwt</b> (Lopez-Paz &amp; Ranzato 2017): mean over j &lt; T-1 of R[T-1, j] - R[j, j].</li>
+<li><b>acc_avg_til</b> / <b>acc_avg_cil</b>: the last reported test accuracy with the task
+identity given (task-incremental) / without it, over every class seen so far (class-incremental).
+In scenario class <code>acc_avg</code> is class-incremental and acc_avg_til is shown beside it; in
+scenario task the other way round.</li>
 <li><b>fwt</b>: mean over j ≥ 1 of R[j-1, j] - b[j] (b: an untrained model); needs each task
-evaluated before it is trained, else the trial's reported <code>fwt</code>, else blank.</li>
+evaluated before it is trained, else the trial's reported <code>fwt</code>, else "needs a
+baseline" (<code>analysis.trial_summary(tables, baseline=...)</code> computes it in Python).</li>
 <li><b>forgetting</b> (Chaudhry et al. 2018): mean over j &lt; T-1 of
 max<sub>l &lt; T-1</sub> R[l, j] - R[T-1, j].</li>
 <li><b>intransigence</b> (Chaudhry et al. 2018): mean over k of a*[k] - R[k, k]; a*[k] is the
-mean R[k, k] of the sweep's <code>joint</code> trials (blank without them).</li>
+mean R[k, k] of the sweep's <code>joint</code> trials ("needs a joint trial" without them:
+add <code>joint</code> to the sweep's learners).</li>
+<li>Heatmaps: the colour scale spans each matrix's own range (its colourbar shows the limits), so
+small differences show; compare numbers, not colours, across heatmaps.</li>
 <li>± is the standard error of the mean over a group's independent runs (n): trials that differ
 only by seed. The members of a PBT population copy each other's weights, so a population is one
 run, its selected member; ± appears across sweeps of one spec with different seeds loaded

@@ -1,22 +1,26 @@
 """The page of a report: one self-contained static HTML file (CSS, a few lines of JavaScript, every
-image embedded as base64 PNG) and the PNGs beside it; the value formatting its tables share with
-the plain-text report."""
+image embedded as base64 PNG) and the PNGs beside it. Each section is a card; a table scrolls
+sideways inside its card instead of running past it, and a long value is shortened with the full
+value on hover."""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
 import html
-import math
 import os
 from pathlib import Path
 
 import pandas as pd
 
 import lifelab.analysis.plots as plots
+from lifelab.analysis.formatting import fmt_time, fmt_value, missing, shorten
 from lifelab.errors import StorageError
 
 REPORT_FILE = "report.html"
+LONG = 32                                     # longer cell values are shortened (full on hover)
+WRAP = ("group", "changes", "error", "sweeps")   # text columns that wrap instead
+TIME_COLUMNS = ("time", "exploit_time")
 
 
 def write_page(out_dir: Path, title: str, body: str, figures: dict) -> Path:
@@ -70,50 +74,52 @@ def page_html(title: str, body: str, images: dict[str, str]) -> str:
 """
 
 
-def html_table(df: pd.DataFrame, name: str) -> str:
+def card(title: str, *content: str, key: str = "") -> str:
+    """A section of the page: a heading and its content in one box that nothing overflows."""
+    ident = f' id="card-{safe(key)}"' if key else ""
+    heading = f"<h2>{esc(title)}</h2>\n" if title else ""
+    return f'<section class="card"{ident}>\n{heading}' + "\n".join(content) + "\n</section>"
+
+
+def html_table(df: pd.DataFrame, name: str, blanks: dict[str, str] | None = None,
+               notes: dict[str, str] | None = None) -> str:
+    """A sortable table in a horizontally scrolling box. Cells go through `fmt_value`; a value
+    longer than LONG characters is shortened, the full value in its `title` (columns in WRAP
+    wrap, up to 4 * LONG); `blanks`: {column: the text of its missing cells}, e.g. what it needs;
+    `notes`: {column: a note on its header, shown on hover}."""
     if df.empty:
         return f'<p class="empty" id="table-{esc(name)}">(none)</p>'
-    shown = df.copy()
-    for col in shown.columns:
-        fmt = fmt_time if col in ("time", "exploit_time") else fmt_value
-        shown[col] = shown[col].map(fmt)
-    return shown.to_html(index=False, border=0, classes=["sortable"], table_id=f"table-{name}",
-                         escape=True, na_rep="–")
+    blanks, notes = blanks or {}, notes or {}
+    head = "".join(f"<th{_title(notes.get(str(c)))}>{_breakable(str(c))}</th>"
+                   for c in df.columns)
+    kinds = ["wrap" if str(c) in WRAP else "num" if pd.api.types.is_numeric_dtype(df[c])
+             else "" for c in df.columns]
+    rows = ["<tr>" + "".join(_cell(str(col), kind, value, blanks) for col, kind, value
+                             in zip(df.columns, kinds, values, strict=True)) + "</tr>"
+            for values in df.itertuples(index=False, name=None)]
+    return (f'<div class="scroll"><table id="table-{esc(name)}" class="sortable">\n<thead><tr>'
+            f'{head}</tr></thead>\n<tbody>\n' + "\n".join(rows) + "\n</tbody></table></div>")
 
 
-def fmt_value(value) -> str:
-    if value is None or value is pd.NA:
-        return "–"
-    if isinstance(value, float):
-        return "–" if math.isnan(value) else f"{value:.4g}"
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(fmt_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {fmt_value(v)}" for k, v in value.items()) + "}"
-    return str(value)
+def _cell(col: str, kind: str, value, blanks: dict[str, str]) -> str:
+    if missing(value) and col in blanks:
+        return f'<td class="needs">{esc(blanks[col])}</td>'
+    text = fmt_time(value) if col in TIME_COLUMNS else fmt_value(value)
+    cls = f' class="{kind}"' if kind else ""
+    width = 4 * LONG if kind == "wrap" else LONG
+    if len(text) > width:
+        return f"<td{cls}{_title(text)}>{esc(shorten(text, width))}</td>"
+    return f"<td{cls}>{esc(text)}</td>"
 
 
-def fmt_time(value) -> str:
-    if not isinstance(value, float) or not math.isfinite(value):
-        return "–"
-    return dt.datetime.fromtimestamp(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+def _title(text: str | None) -> str:
+    return f' title="{esc(text)}"' if text else ""
 
 
-def fmt_text(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "(none)"
-    shown = df.copy()
-    for col in shown.columns:
-        shown[col] = shown[col].map(fmt_value)
-    return shown.to_string(index=False)
-
-
-def pm(mean: float, sem: float) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    if sem is None or (isinstance(sem, float) and math.isnan(sem)):
-        return f"{mean:.4g}"
-    return f"{mean:.4g} ± {sem:.2g}"
+def _breakable(name: str) -> str:
+    """A header that may wrap after its dots (config.stream.tasks), not inside a name."""
+    return "<wbr>".join(esc(part) + "." for part in name.split(".")[:-1]) + (
+        "<wbr>" if "." in name else "") + esc(name.split(".")[-1])
 
 
 def safe(stem: str) -> str:
@@ -126,19 +132,28 @@ def esc(text: str) -> str:
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;margin:0;
-background:#fafafa}
-main{max-width:1200px;margin:0 auto;padding:1rem 2rem 3rem}
-h1{font-size:1.6rem;margin:.8rem 0}h2{font-size:1.25rem;margin-top:2rem;
+background:#f3f4f6}
+main{max-width:1200px;margin:0 auto;padding:1rem 1.5rem 3rem}
+h1{font-size:1.6rem;margin:.8rem 0}h2{font-size:1.2rem;margin:0 0 .6rem;
 border-bottom:1px solid #ddd;padding-bottom:.2rem}h3{font-size:1.05rem}
-table{border-collapse:collapse;margin:.5rem 0 1rem;background:#fff;font-size:13px}
+h1,h2,h3,p,li,dd,figcaption{overflow-wrap:anywhere}
+.card{background:#fff;border:1px solid #e2e4e8;border-radius:6px;padding:.9rem 1.1rem;
+margin:1rem 0;min-width:0}
+.scroll{overflow-x:auto;max-width:100%;margin:.5rem 0 1rem}
+table{border-collapse:collapse;background:#fff;font-size:13px}
 th,td{padding:.25rem .6rem;border-bottom:1px solid #e5e5e5;text-align:left;white-space:nowrap}
-th{background:#f0f0f0;cursor:pointer;user-select:none}tr:hover td{background:#f5f9ff}
+th{background:#f0f0f0;cursor:pointer;user-select:none;white-space:normal;
+vertical-align:bottom}th[title]{text-decoration:underline dotted}
+td.num{font-variant-numeric:tabular-nums}
+td.wrap{white-space:normal;min-width:14em;max-width:36em;overflow-wrap:break-word}
+td[title]{cursor:help}td.needs{color:#8a6d00;font-style:italic}
+tr:hover td{background:#f5f9ff}
 figure{display:inline-block;margin:.5rem 1rem 1rem 0;vertical-align:top;background:#fff;
-padding:.5rem;border:1px solid #e5e5e5;max-width:100%}
+padding:.5rem;border:1px solid #e5e5e5;max-width:100%;box-sizing:border-box}
 figure img{max-width:100%;height:auto;display:block}
 figcaption{font-size:12px;color:#555;max-width:520px;margin-top:.3rem}
-dl.spec{display:grid;grid-template-columns:max-content auto;gap:.15rem 1rem;background:#fff;
-padding:.6rem 1rem;border:1px solid #e5e5e5}dl.spec dt{font-weight:600}dl.spec dd{margin:0}
+dl.spec{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.15rem 1rem;margin:0}
+dl.spec dt{font-weight:600}dl.spec dd{margin:0}
 .empty{color:#666}#no-results{font-size:1.1rem;padding:1rem;background:#fff3cd;
 border:1px solid #e0c36a}.warn{font-weight:600;padding:.6rem 1rem;background:#fde2e1;
 border:1px solid #d9534f}.broken{color:#b00;font-weight:600}.foot{color:#888;font-size:12px;

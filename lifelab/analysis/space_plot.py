@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lifelab.analysis.plots import _figure
+from lifelab.analysis.plots import figure
 
 SIGN_COLORS = {1: "tab:red", -1: "tab:blue"}
 
@@ -65,7 +65,7 @@ def plot_units_in_space(positions, weights, values=None, path: str | Path | None
     from matplotlib import colormaps
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
-    fig = _figure(7.5, 6.5)
+    fig = figure(7.5, 6.5)
     ax = fig.add_subplot(projection="3d")
     links = strongest_connections(weights, top_k)
     if links:

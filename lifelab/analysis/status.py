@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lifelab.analysis.selection import is_cl_metric, selected_on_test, twin
+from lifelab.analysis.selection import VAL, base_name, is_cl_metric, selected_on_test, twin
 from lifelab.platform.config import SearchSettings
 from lifelab.platform.store import ResultStore, read_spec
 
@@ -21,7 +21,9 @@ def sweep_status(sweep_uri: str) -> pd.DataFrame:
     metric, mode = _metric(read_spec(sweep_uri))
     store = ResultStore(sweep_uri)
     trials = store.read("trials")[["trial_id", "learner", "status", "error"]]
-    values = store.read("metrics")
+    # only the metric and its possible twins are read: the status of a big sweep stays fast
+    base = base_name(metric)
+    values = store.read("metrics", names={metric, base, VAL + base})
     names = set(values.name)
     cl = is_cl_metric(metric, names)
     other = twin(metric, names)

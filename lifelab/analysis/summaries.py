@@ -45,13 +45,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from lifelab.analysis.formatting import fmt_value, missing
 from lifelab.analysis.lineage import lineage_accuracy, lineage_of, mutated_keys
 from lifelab.analysis.selection import test_metric
 from lifelab.analysis.tables import SEED_KEYS, SweepTables, varying_config_columns
 from lifelab.platform import metrics as clm
 
-SUMMARY_METRICS = ("score", "test_score", "final_acc", "bwt", "fwt", "forgetting",
-                   "intransigence")
+#: the accuracy of each incremental view, as learners report it beside acc_avg (in scenario
+#: class acc_avg is class-incremental and acc_avg_til the task-incremental view; in scenario task
+#: the other way round)
+VIEW_METRICS = ("acc_avg_til", "acc_avg_cil")
+SUMMARY_METRICS = ("score", "test_score", *VIEW_METRICS, "final_acc", "bwt", "fwt",
+                   "forgetting", "intransigence")
 MUTATED = "PBT"    # the group-key value of a hyperparameter PBT mutates
 
 
@@ -106,7 +111,9 @@ def trial_summary(tables: SweepTables, reference: str | Sequence | Mapping | Non
 
     Columns: sweep, trial_id, learner, group, seed, status, iteration (last reported), tasks
     (rows of its test matrix), final_acc, bwt, fwt, forgetting, intransigence (test), metric,
-    score (selected on), test_metric, test_score (reported), population (its PBT population,
+    score (selected on), test_metric, test_score (reported), acc_avg_til and acc_avg_cil (the
+    last reported task- and class-incremental test accuracies; NaN where the learner or the
+    scenario has none), population (its PBT population,
     None outside PBT), selected (it counts as an independent run: every trial outside PBT, the
     best-scoring member of each population within its group), exploits (how often it was
     exploited), and `config.*` (final config).
@@ -143,15 +150,17 @@ def _trial_summary(tables, reference, baseline, lineage, by_sweep) -> pd.DataFra
                **_cl(R, refs.get(t.sweep), bases.get(t.sweep), _get(reported, "fwt")),
                "metric": metric, "score": _get(reported, metric),
                "test_metric": test, "test_score": _get(reported, test) if test else None,
+               **{view: _get(reported, view) for view in VIEW_METRICS},
                "population": populations.get(key), "selected": True,
                "exploits": len(lineage_of(tables, t.sweep).exploits.get(t.trial_id, []))}
         rows.append(row)
     columns = ["sweep", "trial_id", "learner", "group", "seed", "status", "iteration", "tasks",
                "final_acc", "bwt", "fwt", "forgetting", "intransigence", "metric", "score",
-               "test_metric", "test_score", "population", "selected", "exploits"]
-    out = pd.DataFrame(rows, columns=columns).astype({"seed": "Int64", "iteration": "Int64",
-                                                      "tasks": int, "exploits": int,
-                                                      "score": float, "test_score": float})
+               "test_metric", "test_score", *VIEW_METRICS, "population", "selected",
+               "exploits"]
+    out = pd.DataFrame(rows, columns=columns).astype({
+        "seed": "Int64", "iteration": "Int64", "tasks": int, "exploits": int, "score": float,
+        "test_score": float, **dict.fromkeys(VIEW_METRICS, float)})
     out["selected"] = _selected(tables, out)
     config = [c for c in trials.columns if c.startswith("config.")]
     out = out.merge(trials[["sweep", "trial_id", *config]], on=["sweep", "trial_id"],
@@ -242,7 +251,7 @@ def group_labels(tables: SweepTables, trials: pd.DataFrame | None = None,
     for t in trials.to_dict("records"):
         key = {c: (MUTATED if c[len("config."):] in mutated[t["sweep"]] else t[c])
                for c in config}
-        key = {c: v for c, v in key.items() if not _missing(v)}
+        key = {c: v for c, v in key.items() if not missing(v)}
         if by_sweep:
             key["sweep"] = t["sweep"]
         keys.append((t["learner"], key))
@@ -250,7 +259,7 @@ def group_labels(tables: SweepTables, trials: pd.DataFrame | None = None,
                     if len({repr(kk.get(c)) for _, kk in keys}) > 1})
     out = {}
     for t, (learner, key) in zip(trials.itertuples(index=False), keys, strict=True):
-        parts = [f"{c.removeprefix('config.')}={_fmt(key[c])}" for c in shown if c in key]
+        parts = [f"{c.removeprefix('config.')}={fmt_value(key[c])}" for c in shown if c in key]
         out[(t.sweep, t.trial_id)] = " ".join([str(learner), *parts])
     return out
 
@@ -267,7 +276,7 @@ def _populations(tables: SweepTables, trials: pd.DataFrame) -> dict[tuple[str, s
             continue
         by = (spec.get("search") or {}).get("group_by", "learner")
         keys = [] if by is None else [by] if isinstance(by, str) else list(by)
-        values = [f"{k}={_fmt(t['learner'] if k == 'learner' else t.get(f'config.{k}'))}"
+        values = [f"{k}={fmt_value(t['learner'] if k == 'learner' else t.get(f'config.{k}'))}"
                   for k in keys]
         out[(t["sweep"], t["trial_id"])] = "/".join([t["sweep"], *values])
     return out
@@ -315,7 +324,7 @@ def _cl(R, ref, base, reported_fwt) -> dict:
     if base is not None and len(base) >= T and T >= 2 and np.all(
             np.isfinite([A[j - 1, j] for j in range(1, T)])):
         out["fwt"] = clm.forward_transfer(A, np.asarray(base, float)[:T])
-    elif reported_fwt is not None and not _missing(reported_fwt):
+    elif reported_fwt is not None and not missing(reported_fwt):
         out["fwt"] = float(reported_fwt)
     return out
 
@@ -351,16 +360,4 @@ def _get(row, key):
     if row is None or key not in row.index:
         return None
     value = row[key]
-    return None if _missing(value) else value
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(map(str, value)) + "]"
-    return str(value)
+    return None if missing(value) else value

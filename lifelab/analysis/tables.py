@@ -35,8 +35,8 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 
+from lifelab.analysis.formatting import flatten
 from lifelab.analysis.selection import foreign_keys
 from lifelab.errors import LifelabError, StorageError
 from lifelab.platform.config import SearchSettings
@@ -152,9 +152,13 @@ def load(sweeps: str | Sequence[str], *, labels: Sequence[str] | None = None,
                            "sweeps")
     frames: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
     for uri, label in zip(uris, labels, strict=True):
-        raw = {table: read_table(uri, table, metric_names if table == "metrics" else None,
+        # round_s comes with every result: with it, the ownership rule sees every result
+        names = [*metric_names, "round_s"] if metric_names is not None else None
+        raw = {table: read_table(uri, table, names if table == "metrics" else None,
                                  live=False) for table in TABLES}
         owners = takeovers(raw)          # one rule for which run owns an iteration, all tables
+        if metric_names is not None:
+            raw["metrics"] = raw["metrics"][raw["metrics"].name.isin(list(metric_names))]
         for table, df in raw.items():
             frames[table].append(_label(_live(table, df, owners), table, label))
     tables = {t: _typed(t, _concat(dfs)) for t, dfs in frames.items()}
@@ -168,18 +172,11 @@ def read_table(sweep: str, table: str, metric_names: Sequence[str] | None = None
     """The live rows of one table of one sweep (categoricals as in the module docstring);
     `live=False`: every row of every visible part."""
     store = ResultStore(sweep_uri(sweep))
-    schema = SCHEMAS[table]
     cats = CATEGORICAL[table]
+    if not store.parts(table):
+        return _empty(table)
     try:
-        parts = store._parts(table)      # the store's own rule for which files are visible
-        if not parts:
-            return _empty(table)
-        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=cats))
-        read_schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()))
-                                 if f.name in cats else f for f in schema])
-        dataset = ds.dataset(parts, schema=read_schema, format=fmt, filesystem=store.fs)
-        filt = ds.field("name").isin(list(metric_names)) if metric_names is not None else None
-        df = dataset.to_table(filter=filt).to_pandas()
+        df = store.read_raw(table, metric_names, dictionary=cats)
     except (OSError, pa.ArrowInvalid) as exc:
         raise StorageError(f"cannot read results table {table} of {sweep} ({exc}): check the "
                            "path and that the storage is readable") from None
@@ -273,7 +270,7 @@ def _typed(table: str, df: pd.DataFrame) -> pd.DataFrame:
     if table != "trials":
         return df
     df = df.astype({"seed": "Int64", "iterations": "Int64", "sweep": str})
-    configs = [_flatten(json.loads(c)) if isinstance(c, str) and c else {}
+    configs = [flatten(json.loads(c)) if isinstance(c, str) and c else {}
                for c in df["config_json"]]
     flat = pd.DataFrame(configs, index=df.index)
     flat = flat.drop(columns=[c for c in flat if c == "learner"])
@@ -298,23 +295,6 @@ def _own_config(trials: pd.DataFrame) -> pd.DataFrame:
                         float if pd.api.types.is_integer_dtype(trials[col]) else object)
                 trials.loc[rows, col] = np.nan
     return trials
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = _hashable(value)
-    return out
-
-
-def _hashable(value):
-    if isinstance(value, list):
-        return tuple(_hashable(v) for v in value)
-    return value
 
 
 def _unique_labels(names: list[str]) -> list[str]:

@@ -11,17 +11,24 @@ it reported for it (its first metrics row: every result writes metrics first), a
 newer run takes over. Rows of a run at iterations it does not own are superseded, in every table:
 an exploit or an accuracy row of a lost future does not outlive the metrics of that future.
 `read` applies that rule; `compact` rewrites a table into one part holding only the live rows,
-so that after a sweep ends the raw files hold exactly one row per key.
+so that after a sweep ends the raw files hold exactly one row per key. During a sweep the driver
+batches rows and merges small parts into bigger ones (lifelab.platform.store_writer), so a table
+is a handful of files at any time.
+
+A part that cannot be read (truncated, corrupted, wrongly typed) is skipped by every reader with
+one warning line naming it; nothing ever deletes it.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
@@ -105,19 +112,23 @@ class ResultStore:
         if not rows:
             return
         arrow = pa.Table.from_pylist(rows, schema=SCHEMAS[table])
-        self._write_part(table, arrow)
+        self.write_part(table, arrow)
 
-    def read(self, table: str) -> pd.DataFrame:
-        """The live rows of a table (see module docstring), in key order."""
-        raw = self._read_raw(table)
+    def read(self, table: str, names: Iterable[str] | None = None) -> pd.DataFrame:
+        """The live rows of a table (see module docstring), in key order. `names` (metrics only):
+        read just those metric names; `round_s`, which every result reports, is read too, so the
+        ownership rule still sees every result."""
+        raw = self.read_raw(table, [*names, "round_s"] if names is not None else None)
         if table == "trials":
             return live_rows(table, raw)
-        return live_rows(table, raw, self.owners({table: raw}))
+        owners = self.owners({table: raw}) if names is None else takeovers({table: raw})
+        rows = live_rows(table, raw, owners)
+        return rows if names is None else rows[rows.name.isin(list(names))]
 
     def owners(self, known: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
         """`takeovers` of the whole sweep: which run owns which iterations of each trial."""
         known = dict(known or {})
-        return takeovers({t: known[t] if t in known else self._read_raw(t)
+        return takeovers({t: known[t] if t in known else self.read_raw(t)
                           for t in SCHEMAS if t != "trials"})
 
     def compact(self, table: str, owners: pd.DataFrame | None = None) -> None:
@@ -126,17 +137,18 @@ class ResultStore:
         A crash between the two steps leaves exact copies, which `read` and the next compaction
         drop; no live row is ever lost.
         """
-        old_parts = self._parts(table)
-        raw = self._read_raw(table)
+        old_parts, unreadable = self.parts(table), []
+        raw = self.read_raw(table, parts=old_parts, unreadable=unreadable)
+        old_parts = [p for p in old_parts if p not in unreadable]     # never deleted
         if owners is None and table != "trials":
             owners = self.owners({table: raw})
         live = live_rows(table, raw, owners)
         if len(old_parts) <= 1 and len(live) == len(raw):
             return
-        self._write_part(table, pa.Table.from_pandas(live, schema=SCHEMAS[table],
+        self.write_part(table, pa.Table.from_pandas(live, schema=SCHEMAS[table],
                                                      preserve_index=False))
         for part in old_parts:
-            self.fs.delete_file(part)
+            self.delete_part(part)
 
     def compact_all(self) -> None:
         """Compact every table and delete the temporary files of writes a crash interrupted
@@ -151,7 +163,8 @@ class ResultStore:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _write_part(self, table: str, arrow: pa.Table) -> None:
+    def write_part(self, table: str, arrow: pa.Table) -> str:
+        """Write one part atomically (a hidden temporary name, then a rename); its path."""
         directory = self.table_dir(table)
         name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = join(directory, f".tmp-{name}")
@@ -162,21 +175,80 @@ class ResultStore:
         except OSError as exc:
             raise StorageError(f"cannot write results to {directory} ({exc}): "
                                "check that the storage exists and is writable") from None
+        return join(directory, name)
 
-    def _parts(self, table: str) -> list[str]:
+
+    def delete_part(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def parts(self, table: str) -> list[str]:
+        """The visible part files of a table, oldest first (names start with the write time)."""
         selector = pafs.FileSelector(self.table_dir(table), allow_not_found=True)
-        return sorted(info.path for info in self.fs.get_file_info(selector)
+        try:
+            infos = self.fs.get_file_info(selector)
+        except OSError as exc:
+            raise StorageError(f"cannot list results in {self.table_dir(table)} ({exc}): check "
+                               "the path and that the storage is readable") from None
+        return sorted(info.path for info in infos
                       if info.type == pafs.FileType.File
                       and info.base_name.endswith(".parquet")
                       and not info.base_name.startswith((".", "_")))
 
-    def _read_raw(self, table: str) -> pd.DataFrame:
-        parts = self._parts(table)
-        if not parts:
-            return SCHEMAS[table].empty_table().to_pandas()
-        tables = [pq.read_table(part, filesystem=self.fs, schema=SCHEMAS[table])
-                  for part in parts]
-        return pa.concat_tables(tables).to_pandas()
+
+    def scan(self, table: str, parts: list[str], names: Iterable[str] | None = None,
+             dictionary: Iterable[str] = (), unreadable: list[str] | None = None
+             ) -> pa.Table | None:
+        """The rows of these parts as one Arrow table (`names`: only those metric names,
+        pushed down into the scan; `dictionary`: string columns read as dictionaries). An
+        unreadable part is skipped with a warning and added to `unreadable`; None when the only
+        part is unreadable."""
+        dictionary = tuple(dictionary)
+        schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), pa.string()))
+                            if f.name in dictionary else f for f in SCHEMAS[table]])
+        fmt = ds.ParquetFileFormat(
+            read_options=ds.ParquetReadOptions(dictionary_columns=dictionary))
+        where = ds.field("name").isin(list(names)) if names is not None else None
+        try:
+            return ds.dataset(parts, schema=schema, format=fmt,
+                              filesystem=self.fs).to_table(filter=where)
+        except (OSError, pa.ArrowException):
+            if len(parts) > 1:            # find the damaged part(s); the others are read
+                tables = [t for p in parts if (t := self.scan(table, [p], names, dictionary,
+                                                              unreadable)) is not None]
+                return pa.concat_tables(tables) if tables else schema.empty_table()
+        if self.fs.get_file_info(parts[0]).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(parts[0])     # replaced by a merge meanwhile: list again
+        _warn_unreadable(parts[0])
+        if unreadable is not None:
+            unreadable.append(parts[0])
+        return None
+
+    def read_raw(self, table: str, names: Iterable[str] | None = None,
+                 parts: list[str] | None = None, dictionary: Iterable[str] = (),
+                 unreadable: list[str] | None = None) -> pd.DataFrame:
+        """Every row of every readable part (of `parts`, default all), superseded ones too."""
+        for _ in range(5):     # the driver may merge parts between our listing and reading
+            try:
+                found = self.parts(table) if parts is None else parts
+                arrow = self.scan(table, found, names, dictionary, unreadable) if found else None
+                break
+            except FileNotFoundError:
+                if parts is not None:
+                    raise
+        else:
+            raise StorageError(f"results table {table} of {self.root} kept changing while "
+                               "being read: try again")
+        return (arrow if arrow is not None else SCHEMAS[table].empty_table()).to_pandas()
+
+
+_warned: set[str] = set()
+
+
+def _warn_unreadable(path: str) -> None:
+    if path not in _warned:
+        _warned.add(path)
+        print(f"lifelab: warning: skipping unreadable results part {path}: its rows are left "
+              "out; delete the file to silence this", file=sys.stderr, flush=True)
 
 
 def result_iteration(table: str, df: pd.DataFrame) -> pd.Series:

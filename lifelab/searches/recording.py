@@ -1,9 +1,10 @@
 """The driver-side Tune callback that writes every reported result to the Parquet store.
 
-Ray's own result.json can lose rows in PBT runs; `on_trial_result` sees every result. Each
-result is written at once as its own part file, before Tune checkpoints that iteration, so no row
-older than a trial's last checkpoint can be lost to a crash; the parts are compacted into one per
-table when the sweep ends.
+Ray's own result.json can lose rows in PBT runs; `on_trial_result` sees every result. Rows are
+buffered (lifelab.platform.store_writer) and written whenever Tune saves the experiment state a
+resume starts from: Tune calls every callback's `get_state` while saving it, before the state
+reaches storage, so no row older than a checkpoint a resume can continue from is ever lost to a
+crash. A handful of part files per table at any time; one per table when the sweep ends.
 
 The callback writes where the sweep is now: Tune pickles it with the experiment, and a sweep dir
 may since have been moved or copied, so a resume hands it its location (a callback unpickled
@@ -21,6 +22,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from lifelab.errors import StorageError
 from lifelab.platform.store import ResultStore
+from lifelab.platform.store_writer import StoreWriter
 from lifelab.trainables.trainable import trial_seed
 
 # keys of a result that are not metrics: Tune's bookkeeping and lifelab's structured extras
@@ -38,13 +40,15 @@ class RecordingCallback(tune.Callback):
         self.sweep_uri = sweep_uri
         self.sweep = sweep
         self.store: ResultStore | None = None
+        self.writer: StoreWriter | None = None
         self.workers: dict[str, dict] = {}
         self.stopped: dict[str, str] = {}      # trial -> why it stopped early
 
     def __getstate__(self) -> dict:
         # Tune pickles callbacks with the experiment; the location and the run come from the
         # driver that resumes it, never from the pickle
-        return {**self.__dict__, "sweep_uri": None, "store": None, "workers": {}, "stopped": {}}
+        return {**self.__dict__, "sweep_uri": None, "store": None, "writer": None,
+                "workers": {}, "stopped": {}}
 
     def setup(self, **info) -> None:
         if self.sweep_uri is None:
@@ -52,6 +56,13 @@ class RecordingCallback(tune.Callback):
                                "experiment, which does not know where the sweep dir is now: "
                                "continue it with `lifelab resume SWEEP_DIR`")
         self.store = ResultStore(self.sweep_uri)
+        self.writer = StoreWriter(self.store)
+
+    def get_state(self) -> None:
+        """Tune is saving the experiment state: make every row reported so far durable first.
+        (Returns None: nothing of this callback goes into Tune's pickles.)"""
+        if self.writer is not None:
+            self.writer.flush()
 
     # -- results -------------------------------------------------------------------------------
 
@@ -63,19 +74,19 @@ class RecordingCallback(tune.Callback):
                    for name, value in result.items()
                    if name not in NOT_METRICS and isinstance(value, Real)
                    and not isinstance(value, bool)]
-        self.store.append("metrics", metrics)
+        self.writer.add("metrics", metrics)
         accuracy = [{"sweep": self.sweep, "trial_id": trial.trial_id, "iteration": it,
                      "trained_task": task, "eval_task": j, "accuracy": float(acc),
                      "split": split}
                     for task, row, split in result.get("acc_rows", [])
                     for j, acc in enumerate(row)]
-        self.store.append("accuracy", accuracy)
+        self.writer.add("accuracy", accuracy)
         events = [{"sweep": self.sweep, "trial_id": trial.trial_id,
                    "iteration": int(event["iteration"]), "kind": event["kind"],
                    "donor": event["donor"], "old_config_json": to_json(event["old_config"]),
                    "new_config_json": to_json(event["new_config"]), "time": time.time()}
                   for event in result.get("lifelab_events", [])]
-        self.store.append("events", events)
+        self.writer.add("events", events)
         if "lifelab_worker" in result:
             self.workers[trial.trial_id] = result["lifelab_worker"]
         if "lifelab_stop" in result:
@@ -94,12 +105,13 @@ class RecordingCallback(tune.Callback):
         self._write_trial(trial, "ERROR", error=_error_text(trial))
 
     def on_experiment_end(self, trials, **info) -> None:
+        self.writer.flush()
         self.store.compact_all()
 
     def _write_trial(self, trial, status: str, error: str = "") -> None:
         worker = self.workers.get(trial.trial_id, {})
         last = trial.last_result or {}
-        self.store.append("trials", [{
+        self.writer.add("trials", [{
             "sweep": self.sweep, "trial_id": trial.trial_id,
             "learner": str(trial.config.get("learner")),
             "seed": trial_seed(trial.config, trial.trial_id),

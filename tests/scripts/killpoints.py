@@ -9,7 +9,11 @@ def state_refers_to_checkpoints(sweep: Path) -> bool:
     continues from checkpoints rather than from scratch."""
     states = list((sweep / "tune").glob("experiment_state-*.json"))
     trial_dirs = [d for d in (sweep / "tune").glob("LearnerTrainable_*") if d.is_dir()]
-    firsts = [next(iter(d.glob("checkpoint_000002")), None) for d in trial_dirs]
-    if not states or len(trial_dirs) < 2 or None in firsts:
+    try:     # retention deletes old checkpoints: each trial's oldest left, past its first
+        oldest = [min((c.stat().st_mtime for c in d.glob("checkpoint_*")
+                       if c.name != "checkpoint_000000"), default=None) for d in trial_dirs]
+        if not states or len(trial_dirs) < 2 or None in oldest:
+            return False
+        return states[0].stat().st_mtime > max(oldest)
+    except FileNotFoundError:          # deleted meanwhile: look again
         return False
-    return states[0].stat().st_mtime > max(c.stat().st_mtime for c in firsts)

@@ -11,8 +11,8 @@ Per size and system it prints: wall seconds, driver CPU seconds, results/s, the 
 any results table had during the sweep and after it, checkpoint dirs and bytes on storage during
 (most) and after, and the latency of `lifelab status` (the function, in a separate process so
 the driver's CPU is not charged) during (max) and after. With --s3 the sweeps write to an S3
-server (moto) on loopback and the table adds PUT requests per reported result: the results
-store's, and everything's (Tune's state and checkpoints included).
+server (moto) on loopback and the table adds write requests (PUT and POST) per reported result:
+the results store's, and everything's (Tune's state and checkpoints included).
 """
 
 from __future__ import annotations
@@ -157,7 +157,8 @@ def measure(system: str, storage: str, trials: int, rounds: int, cpu: float, put
         row.update(puts_store=store_puts / (trials * rounds), puts_all=all_puts / (trials * rounds))
     fs, root = resolve(sweep_uri)
     tune_dir = join(root, "tune") if system == "lifelab" else root
-    row.update(ckpt_dirs_after=len(checkpoints(fs, tune_dir)), ckpt_mb_after=storage_mb(fs, tune_dir))
+    row.update(ckpt_dirs_after=len(checkpoints(fs, tune_dir)),
+               ckpt_mb_after=storage_mb(fs, tune_dir))
     if system == "lifelab":
         stop.set()
         row.update(out.get(timeout=60))
@@ -171,18 +172,23 @@ def measure(system: str, storage: str, trials: int, rounds: int, cpu: float, put
 
 
 def moto_server(port: int, counts, ready) -> None:
-    """An S3 server on loopback counting PUT requests (store's, all)."""
+    """An S3 server on loopback counting write requests (PUT and POST: a multipart upload is
+    three, all billed as PUTs), to the results store and in all."""
+    import logging
+
     from moto.s3.responses import S3Response
     from moto.server import ThreadedMotoServer
 
-    original = S3Response._key_response_put
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    original = S3Response._key_response
 
-    def counting(self, query, key_name):
-        counts[1] += 1
-        if "/results/" in f"/{key_name}":
-            counts[0] += 1
-        return original(self, query, key_name)
-    S3Response._key_response_put = counting
+    def counting(self, request, full_url):
+        if request.method in ("PUT", "POST"):
+            counts[1] += 1
+            if "/results/" in full_url:
+                counts[0] += 1
+        return original(self, request, full_url)
+    S3Response._key_response = counting
     ThreadedMotoServer(ip_address="127.0.0.1", port=port).start()
     ready.set()
     while True:
@@ -241,8 +247,9 @@ def print_table(rows: list[dict]) -> None:
     for (n, r, system), row in by.items():
         plain = by.get((n, r, "plain"))
         if system == "lifelab" and plain:
-            print(f"{n}x{r}: lifelab wall / plain Tune wall = {row['wall_s'] / plain['wall_s']:.2f},"
-                  f" driver CPU ratio = {row['driver_cpu_s'] / plain['driver_cpu_s']:.2f}")
+            print(f"{n}x{r}: lifelab wall / plain Tune wall = "
+                  f"{row['wall_s'] / plain['wall_s']:.2f}, driver CPU ratio = "
+                  f"{row['driver_cpu_s'] / plain['driver_cpu_s']:.2f}")
 
 
 def _fmt(value) -> str:

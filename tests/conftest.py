@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-# Token auth would write ~/.ray/auth_token; tests neither need nor touch it (ENVIRONMENT.md).
+# Token auth would write ~/.ray/auth_token; tests neither need nor touch it.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.pop("RAY_ADDRESS", None)
+# Tune state is signed with this key, not one created in the home dir of whoever runs the suite
+os.environ.setdefault("LIFELAB_STATE_KEY", "lifelab-test-suite")
 
 
 # Modules whose every test starts Ray (in this process or in a `lifelab` subprocess).

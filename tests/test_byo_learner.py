@@ -177,8 +177,8 @@ def test_a_dataset_of_ones_own_feeds_the_streams(monkeypatch):
     stream = {**STREAM, "dataset": "my_replay.data:noisy_mnist"}
     learner = Finetune({"stream": stream, "hidden": [16]})
     assert learner.stream.config.dataset == "my_replay.data:noisy_mnist"
-    x, _ = learner.stream.tasks[0].test_set()
-    clean = Finetune({"stream": STREAM, "hidden": [16]}).stream.tasks[0].test_set()[0]
+    x, _ = learner.stream.tasks[0].eval_set("test")
+    clean = Finetune({"stream": STREAM, "hidden": [16]}).stream.tasks[0].eval_set("test")[0]
     assert x.shape == clean.shape and not torch.equal(x, clean)     # the noisy pixels
     while not learner.done:
         learner.step_round()

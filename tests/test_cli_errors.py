@@ -96,7 +96,7 @@ def test_wrong_type_in_yaml(capsys, tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("learner: finetune\nconfig: {batch_size: 1.5}\n")
     line = user_error(capsys, "sweep", str(path), "--storage", str(tmp_path / "st"))
-    assert "config.batch_size" in line and "must be int" in line
+    assert "config.batch_size" in line and "must be an integer" in line
     assert not (tmp_path / "st").exists()
 
 

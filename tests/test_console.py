@@ -38,6 +38,7 @@ def lifelab_lines(sweep: Path) -> list[re.Pattern]:
         r"quiet: (no trial yet|\d+ trials \(.*\), val_acc_avg \(max\).* at \d\d:\d\d:\d\d)",
         r"\s*trial\s+status\s+round\s+val_acc_avg.*",
         rf"\s*{TRIAL}\s+(PENDING|RUNNING|PAUSED|TERMINATED)\s+\d+\s.*",
+        r"\d+ checkpoints on storage \(\d+\.\d MB\); driver memory peak \d+ MB",
         r"sweep finished: 2 trials, 0 errored",
         rf"results: {where}/results  \(tables: .*\)",
         r"read them with pandas:",

@@ -386,8 +386,8 @@ def test_resume_is_bit_for_bit_after_growth(name):
     ({"grow_mode": "sideways"}, "use one of width, depth, both"),
     ({"growing": True, "max_width": 3}, "raise max_width"),
     ({"growing": True, "grow_mode": "depth", "max_depth": 1}, "raise max_depth"),
-    ({"wiring_cost": -1.0}, "must be >= 0"),
-    ({"grow_min_delta": 2.0}, "must be <= 1"),
+    ({"wiring_cost": -1.0}, "must be a number >= 0"),
+    ({"grow_min_delta": 2.0}, "must be a number between 0 and 1"),
     ({"ff_threshold": 1.0}, "use one of"),
 ])
 def test_bad_config_is_one_line_naming_the_fix(config, fix):

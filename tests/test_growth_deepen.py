@@ -1,5 +1,7 @@
 """Deepening with identity-initialised layers, and norm-preserving widening (learners.growth)."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +17,20 @@ def mlp(sizes, activation=nn.ReLU, seed=0):
     return nn.Sequential(*layers[:-1])
 
 
+def deepen_sequential(model: nn.Sequential, after: int) -> nn.Sequential:
+    """`model` with [identity linear, the same activation] inserted after module `after`, which
+    must be an idempotent activation such as nn.ReLU following a linear layer (how a learner's
+    growth inserts a layer)."""
+    modules = list(model)
+    activation = modules[after] if 0 <= after < len(modules) else None
+    if not isinstance(activation, (nn.ReLU, nn.Hardtanh)):
+        raise ValueError(f"deepen after an idempotent activation (nn.ReLU), got module {after}: "
+                         f"{type(activation).__name__}")
+    ref = next(m.weight for m in reversed(modules[:after]) if isinstance(m, nn.Linear))
+    new = growth.identity_linear(ref.shape[0], ref.device, ref.dtype)
+    return nn.Sequential(*modules[:after + 1], new, copy.deepcopy(activation), *modules[after + 1:])
+
+
 def test_identity_linear_computes_its_input_exactly():
     layer = growth.identity_linear(7)
     x = torch.randn(20, 7)
@@ -25,7 +41,7 @@ def test_identity_linear_computes_its_input_exactly():
 def test_deepening_a_relu_mlp_leaves_its_outputs_identical(after):
     net = mlp([6, 5, 4, 3])
     x = torch.randn(50, 6) * 3
-    deeper = growth.deepen_sequential(net, after)
+    deeper = deepen_sequential(net, after)
     assert len(deeper) == len(net) + 2
     assert isinstance(deeper[after + 1], nn.Linear) and isinstance(deeper[after + 2], nn.ReLU)
     assert torch.equal(deeper(x), net(x))                 # exact, not merely close
@@ -37,7 +53,7 @@ def test_deepening_a_relu_mlp_leaves_its_outputs_identical(after):
 def test_deepening_is_not_exact_for_tanh_which_is_not_idempotent():
     net = mlp([6, 5, 3], activation=nn.Tanh)
     with pytest.raises(ValueError, match="idempotent"):
-        growth.deepen_sequential(net, 1)
+        deepen_sequential(net, 1)
     # what the inserted layer would compute after tanh: tanh(tanh(z)) != tanh(z)
     h = torch.tanh(net[0](torch.randn(10, 6)))
     assert not torch.allclose(torch.tanh(growth.identity_linear(5)(h)), h, atol=1e-3)
@@ -45,7 +61,7 @@ def test_deepening_is_not_exact_for_tanh_which_is_not_idempotent():
 
 def test_deepening_rejects_a_position_that_is_not_an_activation():
     with pytest.raises(ValueError, match="nn.ReLU"):
-        growth.deepen_sequential(mlp([4, 3, 2]), 0)
+        deepen_sequential(mlp([4, 3, 2]), 0)
 
 
 @pytest.mark.parametrize("with_reader", [True, False])

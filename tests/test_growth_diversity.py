@@ -2,11 +2,10 @@
 few optimizer steps later (Adam, and SGD with and without momentum at the growth.py level) the new
 units' incoming weights differ clearly from those of the units they copied, while the training
 loss keeps falling, in every learner that grows: hnet, lifelong_lstm, the growing credit rules,
-and the teacher (mirrored at the growth.py level). "Differ": the median over new units of the
+and the teacher's network. "Differ": the median over new units of the
 distance between a unit's and its source's incoming weights, each scaled to unit norm. Thresholds:
 measured over seeds 0-4 (numbers beside each), set below the smallest; with Net2Net's positive
-split the same differences stay at 0-0.023 (`test_positive_shares_leave_copies_twins_under_adam`).
-Target propagation's lower layers are the exception (see its xfail)."""
+split the same differences stay at 0-0.023 (`test_positive_shares_leave_copies_twins_under_adam`)."""
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from torch.nn import functional as F
 from lifelab.learners import credit, credit_local, growth
 from lifelab.learners.hnet import HNet
 from lifelab.learners.lifelong_lstm import LifelongLSTM
+from lifelab.learners.teacher.network import TeacherNet, resize
 from lifelab.platform.data import load_dataset
 
 SEEDS = (0, 1, 2)
@@ -190,51 +190,15 @@ def test_zero_outgoing_units_with_random_incoming_weights_are_exact_and_learn():
         assert (layers[1].weight[:, 8:] != 0).any() and (layers[2].weight[:, 8:] != 0).any()
 
 
-# -- the teacher's adapt, mirrored (its module is being moved) ----------------------------------
+# -- the teacher's network and its resize ------------------------------------------------------
 
-class MirrorTeacher(nn.Module):
-    """The teacher's network: an MLP (ReLU) or LSTM-cell body with a linear head, per row."""
-
-    def __init__(self, kind: str, hidden: list[int], features: int = 6):
-        super().__init__()
-        sizes = [features, *hidden]
-        cell = nn.Linear if kind == "mlp" else nn.LSTMCell
-        self.kind = kind
-        self.body = nn.ModuleList(cell(i, o) for i, o in zip(sizes, sizes[1:], strict=False))
-        self.head = nn.Linear(sizes[-1], 2)
-
-    def forward(self, xs: torch.Tensor, state: list[torch.Tensor]):
-        outs = []
-        for x in xs:                                  # a short sequence, state carried
-            h, new_state = x, []
-            for k, layer in enumerate(self.body):
-                if self.kind == "mlp":
-                    h = F.relu(layer(h))
-                else:
-                    h, c = layer(h, (state[2 * k], state[2 * k + 1]))
-                    new_state += [h, c]
-            outs.append(self.head(h))
-            state = new_state
-        return torch.stack(outs), state
-
-
-def teacher_adapt(model: dict, state: list, kind: str, hidden: list[int],
-                  gen: torch.Generator) -> list:
-    """What the teacher's `adapt` does with its state dict and per-row (h, c) state."""
-    for k, new_width in enumerate(hidden):
-        reader = f"body.{k + 1}.weight_ih" if kind == "lstm" else f"body.{k + 1}.weight"
-        reader = reader if k + 1 < len(hidden) else "head.weight"
-        if kind == "lstm":
-            umap = growth.resize_lstm_cell(model, f"body.{k}", {reader: 0}, new_width, gen)
-            for j in (2 * k, 2 * k + 1):
-                state[j] = umap.take(state[j], 1)
-        else:
-            w_in, b_in = model[f"body.{k}.weight"], model[f"body.{k}.bias"]
-            importance = growth.unit_importance(w_in, model[reader], b_in)
-            umap = growth.resize_map(len(b_in), new_width, importance, gen)
-            model[f"body.{k}.weight"], model[f"body.{k}.bias"] = umap.take(w_in), umap.take(b_in)
-            model[reader] = umap.spread(model[reader], 1)
-    return state
+def unroll(net: TeacherNet, xs: torch.Tensor, state: list[torch.Tensor]):
+    """The teacher over a short sequence, its recurrent state carried (as along a student run)."""
+    outs = []
+    for x in xs:
+        out, state = net(x, state)
+        outs.append(out)
+    return torch.stack(outs), state
 
 
 def teacher_run(seed: int, kind: str) -> dict[str, float]:
@@ -242,38 +206,37 @@ def teacher_run(seed: int, kind: str) -> dict[str, float]:
     xs = torch.randn(5, 64, 6, generator=gen)
     target = torch.tanh(xs.cumsum(0) @ torch.randn(6, 2, generator=gen))
     torch.manual_seed(seed)
-    narrow = MirrorTeacher(kind, [6, 5])
+    narrow = TeacherNet(kind, 6, [6, 5])
 
     def zero_state(net):
-        return [] if kind == "mlp" else [torch.zeros(64, layer.hidden_size)
-                                         for layer in net.body for _ in range(2)]
+        return net.initial_state(64, torch.device("cpu"))
 
     def train(net, steps):
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
         for _ in range(steps):
             opt.zero_grad()
-            F.mse_loss(net(xs, zero_state(net))[0], target).backward()
+            F.mse_loss(unroll(net, xs, zero_state(net))[0], target).backward()
             opt.step()
 
     train(narrow, 100)
-    mid = narrow(xs[:2], zero_state(narrow))[1]        # mid-sequence state, as a run carries
+    mid = unroll(narrow, xs[:2], zero_state(narrow))[1]    # mid-sequence, as a run carries
     with torch.no_grad():
-        before = narrow(xs[2:], mid)[0]
+        before = unroll(narrow, xs[2:], mid)[0]
     model = {k: v.clone() for k, v in narrow.state_dict().items()}
-    state = teacher_adapt(model, [s.detach().clone() for s in mid], kind, [9, 11],
-                          torch.Generator().manual_seed(seed))
-    wide = MirrorTeacher(kind, [9, 11])
+    state = [s.detach().clone() for s in mid]
+    resize(model, state, kind, [9, 11], torch.Generator().manual_seed(seed))
+    wide = TeacherNet(kind, 6, [9, 11])
     wide.load_state_dict(model)
     with torch.no_grad():
-        after = wide(xs[2:], state)[0]
-        loss_0 = F.mse_loss(wide(xs, zero_state(wide))[0], target).item()
+        after = unroll(wide, xs[2:], state)[0]
+        loss_0 = F.mse_loss(unroll(wide, xs, zero_state(wide))[0], target).item()
     blocks = 1 if kind == "mlp" else 4
     rows = [unit_rows(*(p for name, p in layer.named_parameters()), blocks=blocks)
             for layer in wide.body]
     sources = [copy_sources(r, w) for r, w in zip(rows, [6, 5], strict=True)]
     train(wide, 100)
     with torch.no_grad():
-        loss = F.mse_loss(wide(xs, zero_state(wide))[0], target).item()
+        loss = F.mse_loss(unroll(wide, xs, zero_state(wide))[0], target).item()
     rows = [unit_rows(*(p for name, p in layer.named_parameters()), blocks=blocks)
             for layer in wide.body]
     return {"change": ((after - before).abs().max() / before.abs().max()).item(),
@@ -285,7 +248,7 @@ def teacher_run(seed: int, kind: str) -> dict[str, float]:
 def test_teacher_widening_is_exact_and_copies_learn_apart(kind):
     runs = over_seeds(lambda seed: teacher_run(seed, kind), SEEDS)
     assert max(r["change"] for r in runs) < 1e-5
-    # seeds 0-4, 100 Adam steps: mlp 0.53-0.61, lstm 0.33-0.55
+    # seeds 0-9, 100 Adam steps: mlp 0.35-0.60, lstm 0.31-0.54
     assert min(r["apart"] for r in runs) > 0.15, shown([r["apart"] for r in runs])
     assert min(r["fall"] for r in runs) > 0, shown([r["fall"] for r in runs])
 
@@ -416,30 +379,14 @@ def credit_run(seed: int, name: str) -> dict[str, float]:
             "apart": min(per_layer), "apart_top": per_layer[1], "fall": loss_0 - loss()}
 
 
-@pytest.mark.parametrize("name", [n for n in RULES if n != "target_prop"])
+@pytest.mark.parametrize("name", RULES)
 def test_growing_credit_rules_widen_exactly_and_copies_learn_apart(name):
     runs = over_seeds(lambda seed: credit_run(seed, name), SEEDS)
     assert max(r["change"] for r in runs) < 1e-5
     # seeds 0-4, 100 Adam steps, over the pairs that trained (dead units excluded): backprop
     # 0.23-0.32, feedback alignment 0.34-0.57, dfa 0.33-0.58, synthetic gradients 0.11-0.43;
-    # forward-forward (scaled copies, widen_homogeneous: only Adam turns them) 0.019-0.096
+    # forward-forward (scaled copies, widen_homogeneous: only Adam turns them) 0.019-0.096;
+    # target propagation (seeds 0-7; each copy's inverse row carries its share) 0.33-0.55
     low = 0.01 if name == "forward_forward" else 0.08
     assert min(r["apart"] for r in runs) > low, shown([r["apart"] for r in runs])
     assert min(r["fall"] for r in runs) > 0, shown([r["fall"] for r in runs])
-
-
-def test_target_prop_widens_exactly_and_its_top_layer_copies_learn_apart():
-    runs = over_seeds(lambda seed: credit_run(seed, "target_prop"), SEEDS)
-    assert max(r["change"] for r in runs) < 1e-5
-    # seeds 0-4: 0.34-0.69
-    assert min(r["apart_top"] for r in runs) > 0.1, shown([r["apart_top"] for r in runs])
-    assert min(r["fall"] for r in runs) > 0, shown([r["fall"] for r in runs])
-
-
-@pytest.mark.xfail(strict=True, reason="a lower layer learns from targets the inverse g computes; "
-                   "g's rows for a copy are its unit's (TargetProp.widen_rule_tensors takes "
-                   "them), so the copies get equal targets and stay twins under any split")
-def test_target_prop_lower_layer_copies_learn_apart():
-    runs = over_seeds(lambda seed: credit_run(seed, "target_prop"), SEEDS)
-    # seeds 0-4: 0.001-0.007
-    assert min(r["apart"] for r in runs) > 0.05, shown([r["apart"] for r in runs])

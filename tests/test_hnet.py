@@ -206,11 +206,11 @@ def test_learner_follows_the_protocol_and_reports_its_metrics():
     while not learner.done:
         rounds.append(learner.step_round())
     assert len(rounds) == 6 and [len(r) for r in learner.rows] == [1, 2, 3]
-    assert [len(r) for r in learner.rows_cil] == [1, 2, 3]
+    assert [len(r) for r in learner.view_rows["cil"]] == [1, 2, 3]
     last = rounds[-1]
     assert set(HNet.metrics) <= set(last)
     assert last["acc_avg"] == pytest.approx(sum(learner.rows[-1]) / 3)
-    assert last["acc_avg_cil"] == pytest.approx(sum(learner.rows_cil[-1]) / 3)
+    assert last["acc_avg_cil"] == pytest.approx(sum(learner.view_rows["cil"][-1]) / 3)
     assert rounds[0]["reg_loss"] == 0 and rounds[-1]["reg_loss"] > 0
     hnet = learner.model
     shared = sum(p.numel() for p in hnet.parameters()) - 8
@@ -243,11 +243,11 @@ def test_task_inferred_accuracy_is_scored_against_the_true_task():
         weights = learner.task_weights(2)
         shares = []
         for j in range(2):
-            x, y = learner.stream.tasks[j].test_set()
+            x, y = learner.stream.tasks[j].eval_set("test")
             task_hat, pred = learner.infer(weights, x)
             # a prediction counts only with the right task: the label is (task, class)
             expected = ((task_hat == j) & (pred == y)).float().mean().item()
-            assert learner.rows_cil[-1][j] == pytest.approx(expected)
+            assert learner.view_rows["cil"][-1][j] == pytest.approx(expected)
             shares.append((task_hat == j).float().mean().item())
         # with task 1's network swapped for task 0's, every sample goes to task 0
         task_hat, _ = learner.infer(weights[[0, 0]], x)
@@ -266,7 +266,7 @@ def test_class_scenario_uses_global_labels_and_inferred_tasks():
         assert learner.model.num_weights == 784 * 16 + 16 + 16 * 10 + 10   # one head of 10
         while not learner.done:
             metrics = learner.step_round()
-        assert learner.rows == learner.rows_cil
+        assert learner.rows == learner.view_rows["cil"]
         return metrics["acc_avg"]
 
     accs = over_seeds(final)
@@ -286,7 +286,7 @@ def test_restored_learner_continues_bit_for_bit(config):
     restored.load_state_dict(state)
     while not straight.done:
         assert restored.step_round() == straight.step_round()
-    assert restored.rows == straight.rows and restored.rows_cil == straight.rows_cil
+    assert restored.rows == straight.rows and restored.view_rows == straight.view_rows
     assert torch.equal(restored.task_embs, straight.task_embs)
     for a, b in zip(restored.model.parameters(), straight.model.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -312,7 +312,7 @@ def test_adapt_widening_preserves_generated_weights_then_training_continues(grow
         state = donor.state_dict()
         old_config = {**SMALL, "seed": seed, "stream": donor.config["stream"].__dict__,
                       "learner": "hnet"}
-        x, _ = donor.stream.tasks[0].test_set()
+        x, _ = donor.stream.tasks[0].eval_set("test")
         with torch.no_grad():
             before = donor.task_weights(2)
             outputs = donor.target.forward(before[0], x)

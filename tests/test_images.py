@@ -239,7 +239,7 @@ def test_rotated_task_rotates_every_image_anticlockwise_like_pil():
     assert torch.equal(s.tasks[0].train_batch(idx)[0], x0.reshape(12, -1))     # 0: unrotated
     quarter = torch.rot90(x0, 1, (2, 3)).reshape(12, -1)                      # 90: exact
     assert torch.equal(s.tasks[2].train_batch(idx)[0], quarter)
-    assert torch.equal(s.tasks[2].test_set()[0], torch.rot90(
+    assert torch.equal(s.tasks[2].eval_set("test")[0], torch.rot90(
         data.x_test.float() / 255, 1, (2, 3)).reshape(6, -1))
     pil = Image.fromarray(data.x_train[5, 0].numpy(), "L").rotate(45)        # GEM's rotation
     got = s.tasks[1].train_batch(torch.tensor([5]))[0].reshape(28, 28)
@@ -289,7 +289,7 @@ def test_cifar_training_batches_are_augmented_from_the_generator_and_normalised(
     offsets, flips = transforms.draw_crop_flip(8, torch.Generator().manual_seed(0))
     want = (transforms.crop_flip(raw, offsets, flips) - mean) / std
     assert torch.allclose(batch(0), want.reshape(8, -1))
-    x_test, _ = task.test_set()                                       # evaluation: never
+    x_test, _ = task.eval_set("test")                                       # evaluation: never
     assert torch.allclose(x_test.reshape(-1, 3, 32, 32) * std + mean,
                           task._x_test.float() / 255, atol=1e-6)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from types import SimpleNamespace
 
 import pandas as pd
@@ -16,7 +17,7 @@ from test_analysis import trial_row, write_spec
 from lifelab.analysis.status import status_text, sweep_status
 from lifelab.platform.config import parse_spec
 from lifelab.platform.store import ResultStore
-from lifelab.searches.progress import ProgressCallback
+from lifelab.searches.progress import SHOWN_TRIALS, ProgressCallback
 from lifelab.trainables.registry import learner_class
 
 # A continual learner's curves: its selection metric is highest after the first task and falls
@@ -98,7 +99,7 @@ def test_progress_table_ranks_by_the_end_of_stream_value_with_the_test_twin_besi
     assert lines[0].startswith("two: 3 trials (3 running), val_acc_avg (max), acc_avg beside it")
     assert lines[1].split() == ["trial", "status", "round", "val_acc_avg", "acc_avg", "learner",
                                 "lr", "l2_lambda"]
-    rows = [line.split() for line in lines[2:]]
+    rows = [line.split() for line in lines[2:-1]]        # the last line: the footprint
     assert [r[0] for r in rows] == ["b", "c", "a"]
     assert [r[3:5] for r in rows] == [["0.7000", "0.6000"], ["0.6500", "0.5500"],
                                       ["0.5000", "0.4000"]]
@@ -116,8 +117,28 @@ def test_progress_table_keeps_best_so_far_for_a_metric_without_twins():
     play(callback, trials, curves, twin_offset=None)
     lines = callback.table(trials).strip().splitlines()
     assert lines[1].split()[3:] == ["loss_ratio_adam", "best", "loss_ratio_adam"]
-    assert [line.split()[:5] for line in lines[2:]] == [
+    assert [line.split()[:5] for line in lines[2:-1]] == [
         ["x", "RUNNING", "3", "0.8000", "0.5000"], ["y", "RUNNING", "3", "0.6000", "0.6000"]]
+
+
+def test_a_trial_stopped_for_divergence_shows_diverged_not_terminated():
+    spec = parse_spec({"name": "div", "learner": "finetune", "search": {"scheduler": "fifo"}},
+                      "div")
+    callback = ProgressCallback(spec)
+    curves = {"ok": [0.5, 0.6, 0.7], "nan": [0.3, 0.2, 0.1], "run": [0.4, 0.4, 0.4]}
+    trials = [FakeTrial(trial_id=t, status="RUNNING", last_result=None, config={})
+              for t in curves]
+    play(callback, trials, curves)
+    callback.on_trial_result(3, trials, trials[2], {callback.metric: -math.inf})   # awaits rescue
+    trials[0].status = trials[1].status = "TERMINATED"
+    trials[1].last_result = {**trials[1].last_result, "lifelab_stop": "train_loss became nan"}
+    lines = callback.table(trials).strip().splitlines()
+    counts = lines[0].split(" trials (")[1].split(")")[0]
+    assert sorted(counts.split(", ")) == ["1 diverged", "1 running", "1 terminated"]
+    assert {line.split()[0]: line.split()[1:4] for line in lines[2:]
+            if line.split()[0] in curves} == {
+        "ok": ["TERMINATED", "3", "0.7000"], "nan": ["DIVERGED", "3", "0.1000"],
+        "run": ["RUNNING", "3", "-"]}
 
 
 def test_each_learners_population_mutates_only_its_own_keys(ray_session, short_tmp):
@@ -164,3 +185,20 @@ def test_each_learners_population_mutates_only_its_own_keys(ray_session, short_t
                                                                       "l2_lambda"]
     for row in (line.split() for line in final[2:6]):
         assert (row[-1] == "-") == (row[-3] == "finetune"), row
+
+
+def test_a_big_population_shows_its_best_and_what_the_sweep_keeps():
+    class Kept:
+        def summary(self):
+            return "4 checkpoints on storage (1.5 MB)"
+    callback = ProgressCallback(two_learner_spec(), storage=Kept())
+    n = SHOWN_TRIALS + 5
+    trials = [FakeTrial(trial_id=f"t{i:02d}", status="RUNNING", last_result=None,
+                        config={"learner": "finetune", "lr": 0.001, "seed": 0})
+              for i in range(n)]
+    play(callback, trials, {t.trial_id: [i / 100] * 3 for i, t in enumerate(trials)})
+    lines = callback.table(trials).strip().splitlines()
+    assert [line.split()[0] for line in lines[2:2 + SHOWN_TRIALS]] == [
+        f"t{i:02d}" for i in range(n - 1, 4, -1)]                  # the best first
+    assert lines[-2] == "... and 5 more trials (lifelab status SWEEP_DIR lists them all)"
+    assert lines[-1].startswith("4 checkpoints on storage (1.5 MB); driver memory peak ")

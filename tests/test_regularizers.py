@@ -400,7 +400,7 @@ def test_class_incremental_view_scores_every_head_seen():
     with torch.no_grad():
         learner.model[-1].bias[0] = 1e6
     evaluation = learner.evaluate(seen=2)
-    x0, y0 = learner.stream.tasks[0].test_set()
+    x0, y0 = learner.stream.tasks[0].eval_set("test")
     assert evaluation.views["cil"][0] == pytest.approx((y0 == 0).float().mean().item())
     assert evaluation.views["cil"][1] == 0.0
     assert evaluation.views["til"][1] == evaluation.accuracies[1]

@@ -238,7 +238,7 @@ def test_icarl_classifies_by_the_nearest_mean_of_exemplars():
                          for k in range(6)])
     evaluation = learner.evaluate()
     for t in range(3):
-        x, y = learner.stream.tasks[t].test_set()
+        x, y = learner.stream.tasks[t].eval_set("test")
         f = F.normalize(learner.model[:-1](x), dim=1)
         predicted = torch.cdist(f, means).argmin(1)
         assert evaluation.accuracies[t] == pytest.approx((predicted == y).float().mean().item())

@@ -29,6 +29,7 @@ SPEC = {
 
 
 HANG_IN_FLUSH = Path(__file__).parent / "scripts" / "hang_in_flush.py"
+HANG_AFTER_DELETION = Path(__file__).parent / "scripts" / "hang_after_deletion.py"
 
 
 def lifelab(*args, program=("-m", "lifelab"), env=None):
@@ -50,17 +51,29 @@ def flushing(sweep: Path) -> bool:
     return (sweep.parent / "flushing").exists()
 
 
-@pytest.mark.parametrize("kill_when", [state_refers_to_checkpoints, exploited, flushing],
-                         ids=["after-checkpoints", "after-an-exploit", "while-the-store-flushes"])
+def deleted(sweep: Path) -> bool:
+    """The driver hangs right after retention deleted a checkpoint
+    (tests/scripts/hang_after_deletion.py)."""
+    return (sweep.parent / "deleted").exists()
+
+
+@pytest.mark.parametrize("kill_when", [state_refers_to_checkpoints, exploited, flushing, deleted],
+                         ids=["after-checkpoints", "after-an-exploit", "while-the-store-flushes",
+                              "right-after-a-retention-deletion"])
 def test_sigkilled_sweep_resumes_from_checkpoints_with_one_row_per_key(short_tmp, kill_when):
     spec_file = Path(short_tmp) / "killme.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC))
     sweep = Path(short_tmp) / "sweeps" / "killme"
-    if kill_when is flushing:   # a metrics write from the 30th on, once Tune's state is saved
+    if kill_when is flushing:   # a metrics write from the 3rd on, once Tune's state is saved
         driver = lifelab("sweep", str(spec_file), "--storage", str(sweep.parent),
                          program=(str(HANG_IN_FLUSH),),
-                         env={"LIFELAB_TEST_FLUSH_AT": "30",
+                         env={"LIFELAB_TEST_FLUSH_AT": "3",
                               "LIFELAB_TEST_FLUSH_MARKER": str(sweep.parent / "flushing")})
+    elif kill_when is deleted:
+        driver = lifelab("sweep", str(spec_file), "--storage", str(sweep.parent),
+                         program=(str(HANG_AFTER_DELETION),),
+                         env={"LIFELAB_TEST_DELETE_AT": "4",
+                              "LIFELAB_TEST_DELETE_MARKER": str(sweep.parent / "deleted")})
     else:
         driver = lifelab("sweep", str(spec_file), "--storage", str(sweep.parent))
     deadline = time.monotonic() + 180

@@ -51,13 +51,13 @@ def test_among_equally_trained_trials_the_one_that_reported_longest_ago_runs_fir
     controller, scheduler = FakeController(trials), pbt()
     for trial in trials:
         scheduler.on_trial_add(controller, trial)
-        scheduler._trial_state[trial].last_train_time = 8
+        scheduler.population[trial].last_train_time = 8
     # t3..t5 reported (and were paused) first; t0..t2 since, and were sent back to 8 by exploits
     for trial in trials[3:] + trials[:3]:
         scheduler._results += 1
         scheduler._reported[trial.trial_id] = scheduler._results
     assert scheduler.choose_trial_to_run(controller) is trials[3]
-    scheduler._trial_state[trials[4]].last_train_time = 7      # least trained still goes first
+    scheduler.population[trials[4]].last_train_time = 7      # least trained still goes first
     assert scheduler.choose_trial_to_run(controller) is trials[4]
 
 
@@ -65,8 +65,8 @@ def test_a_restored_trial_perturbs_an_interval_after_where_it_continues():
     trial = FakeTrial("t0", status="PENDING", restored_at=6)
     scheduler = pbt(synch=True)
     scheduler.on_trial_add(FakeController([trial]), trial)
-    assert scheduler._trial_state[trial].last_perturbation_time == 6
-    assert scheduler._next_perturbation_sync == 7
+    assert scheduler.population[trial].last_perturbation_time == 6
+    assert scheduler.next_sync == 7
 
 
 def test_synch_never_leaves_every_trial_at_or_past_the_next_sync_point():
@@ -74,11 +74,11 @@ def test_synch_never_leaves_every_trial_at_or_past_the_next_sync_point():
     controller, scheduler = FakeController(trials), pbt(synch=True)
     for trial in trials:
         scheduler.on_trial_add(controller, trial)
-        scheduler._trial_state[trial].last_train_time = 7      # all in step after a restore
-    scheduler._next_perturbation_sync = 7                       # where Tune's PBT would leave it
+        scheduler.population[trial].last_train_time = 7      # all in step after a restore
+    scheduler.next_sync = 7                       # where Tune's PBT would leave it
     assert PBT_CHOICE(scheduler, controller) is None            # Tune's own choice: nobody
     scheduler._keep_next_sync_reachable(controller)
-    assert scheduler._next_perturbation_sync == 8
+    assert scheduler.next_sync == 8
     assert scheduler.choose_trial_to_run(controller) is not None
 
 
@@ -133,7 +133,7 @@ def test_synch_perturbs_every_group_not_only_the_reporting_trials():
                                  ("f1", "finetune", 0.5), ("f2", "finetune", 0.4)):
         trials[name] = FakeTrial(name)
         trials[name].config = {"learner": learner}
-        scheduler._trial_state[trials[name]] = SimpleNamespace(last_score=score)
+        scheduler.population[trials[name]] = SimpleNamespace(last_score=score)
     scheduler._group = "joint"                    # as while a joint trial's result is handled
     lower, upper = scheduler._quantiles()
     assert {t.trial_id for t in lower} == {"j2", "f2"}

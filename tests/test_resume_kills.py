@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from scripts.killpoints import results_recorded
 
 from lifelab.platform.store import KEYS
 
@@ -138,11 +139,6 @@ def drivers(short_tmp):
     pool.cleanup()
 
 
-def recorded(sweep: Path) -> int:
-    """Results the store recorded: one metrics part each (until the end compacts them)."""
-    return sum(1 for _ in (sweep / "results" / "metrics").glob("part-*"))
-
-
 def tune_state(sweep: Path) -> bool:
     return any((sweep / "tune").glob("experiment_state-*.json"))
 
@@ -203,14 +199,15 @@ def test_a_demo_like_sweep_killed_moved_killed_again_and_copied_finishes_whole(s
     src, dst, copy = root / "a" / "src", root / "b" / "dst", root / "c" / "copy"
     driver = drivers.start("sweep", write_spec(root, DEMO_LIKE), "--name", "src",
                            "--storage", str(src.parent))
-    drivers.wait_for(driver, lambda: recorded(src) >= first, f"{first} results")
+    drivers.wait_for(driver, lambda: results_recorded(src) >= first, f"{first} results")
     drivers.kill(driver)
 
     dst.parent.mkdir()
     shutil.move(src, dst)
     resumed = drivers.start("resume", str(dst))
-    base = recorded(dst)
-    drivers.wait_for(resumed, lambda: recorded(dst) >= base + second, "progress of the resume")
+    base = results_recorded(dst)
+    drivers.wait_for(resumed, lambda: results_recorded(dst) >= base + second,
+                     "progress of the resume")
     drivers.kill(resumed)
     assert "took over the lease" in resumed.log.read_text()
     assert not src.exists(), "the resume of the moved sweep wrote to where it started"
@@ -242,7 +239,7 @@ def test_pbt_with_frequent_exploits_resumes_from_nothing_a_lost_worker_and_a_kil
     resumed = drivers.start("resume", str(sweep), program=(str(KILL_WORKER),),
                             env={"LIFELAB_TEST_KILL_AFTER": str(worker_at),
                                  "LIFELAB_TEST_KILL_MARKER": str(marker)})
-    drivers.wait_for(resumed, lambda: retried(sweep, marker) and recorded(sweep) >= second
+    drivers.wait_for(resumed, lambda: retried(sweep, marker) and results_recorded(sweep) >= second
                      and tune_state(sweep), "a killed worker's trial started again, and progress")
     drivers.kill(resumed)
     out = resumed.log.read_text()

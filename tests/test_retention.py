@@ -111,7 +111,18 @@ def test_a_resume_deletes_what_the_crashed_run_wrote_after_its_last_saved_state(
     for index in (4, 5):                                # written, then the driver died
         (trial.dir / f"checkpoint_{index:06d}").mkdir()
     retention = CheckpointRetention(resumed=True)
-    retention.on_step_begin(0, [trial])
+    retention.on_step_end(0, [trial])
+    assert trial.kept() == ["checkpoint_000003"]
+
+
+def test_a_resume_of_a_moved_sweep_keeps_what_its_state_names_at_the_old_place(tmp_path):
+    trial = FakeTrial(tmp_path / "new", "a")
+    trial.save(3)
+    (trial.dir / "checkpoint_000004").mkdir()
+    old_place = tune.Checkpoint(str(tmp_path / "old" / "a" / "checkpoint_000003"))
+    trial.results[0].checkpoint = trial.latest = old_place     # as restored from its state
+    retention = CheckpointRetention(resumed=True)
+    retention.on_step_end(0, [trial])
     assert trial.kept() == ["checkpoint_000003"]
 
 

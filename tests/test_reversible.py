@@ -107,7 +107,8 @@ def test_reversible_learner_trains_like_the_ordinary_network():
 
 @pytest.mark.parametrize("call, error, match", [
     (lambda: Reversible.validate_config({"width": 31}), ConfigError, "must be even"),
-    (lambda: Reversible.validate_config({"depth": 0}), ConfigError, "'depth' must be > 0"),
+    (lambda: Reversible.validate_config({"depth": 0}), ConfigError,
+     "'depth' must be an integer > 0"),
     (lambda: Reversible.validate_config({"hidden": [8]}), ConfigError, "use one of"),
     (lambda: ReversibleBlock(5), ValueError, "even width"),
     (lambda: ReversibleStack(4, 0), ValueError, "depth >= 1"),

@@ -119,3 +119,19 @@ def test_status_reads_only_trials_and_the_ranked_metric(tmp_path, monkeypatch):
     assert list(table.iteration) == [40, 40]
     assert {t for t, _ in scanned} == {"trials", "metrics"}
     assert len(scanned) <= 1 + 6
+
+
+def test_tune_saves_its_state_less_often_for_big_sweeps_and_on_object_storage(monkeypatch):
+    from lifelab.errors import ConfigError
+    from lifelab.searches.launch import state_period_s
+
+    monkeypatch.delenv("LIFELAB_STATE_PERIOD_S", raising=False)
+    assert state_period_s(4) == 2.0                      # rows flushed every 2 s: resume is near
+    assert state_period_s(4, remote=True) == 10.0        # each save and flush costs requests
+    assert state_period_s(1000) == 20.0 and state_period_s(10**6) == 30.0
+    monkeypatch.setenv("LIFELAB_STATE_PERIOD_S", "5")
+    assert state_period_s(1000, remote=True) == 5.0
+    for bad in ("soon", "0", "-3", "inf"):
+        monkeypatch.setenv("LIFELAB_STATE_PERIOD_S", bad)
+        with pytest.raises(ConfigError, match="LIFELAB_STATE_PERIOD_S"):
+            state_period_s(4)

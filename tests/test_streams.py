@@ -11,7 +11,14 @@ import torch.nn.functional as F
 
 from lifelab.errors import ConfigError
 from lifelab.platform.data import Dataset, load_dataset
-from lifelab.platform.streams import SCENARIOS, STREAM_KINDS, StreamConfig, build_stream
+from lifelab.platform.episodes import EpisodeConfig
+from lifelab.platform.streams import (
+    SCENARIOS,
+    STREAM_KINDS,
+    StreamConfig,
+    build_stream,
+    stream_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +44,7 @@ def permutations(tasks: int, seed: int) -> list[torch.Tensor]:
     perms = []
     for task in s.tasks:
         x_train, _ = task.train_batch(torch.arange(6))
-        x_test, _ = task.test_set()
+        x_test, _ = task.eval_set("test")
         perm = (x_train[0] * 783).round().long()
         # the same permutation on every training row and on the test set
         assert torch.equal(x_train, x_train[0].expand_as(x_train))
@@ -98,6 +105,24 @@ def test_error_messages_name_the_fix() -> None:
         StreamConfig.from_dict({"foo": 1})
 
 
+def test_stream_config_gives_one_type_per_kind(mnist: Dataset) -> None:
+    for kind in STREAM_KINDS:
+        assert type(stream_config({"kind": kind})) is StreamConfig
+    episodes = stream_config({"kind": "trial_and_error", "tries": 2})
+    assert type(episodes) is EpisodeConfig and episodes.tries == 2
+    # a task stream's own constructor refuses an episode kind, naming who asked
+    with pytest.raises(ConfigError, match=r"^learner 'ewc' learns from a task stream, not "
+                                          r"stream.kind trial_and_error: use one of permuted"):
+        StreamConfig.from_dict({"kind": "trial_and_error"}, learner="ewc")
+    # both kinds check themselves against the loaded dataset before any trial starts
+    with pytest.raises(ConfigError, match="stream.classes_per_task"):
+        stream_config({"kind": "split", "tasks": 6}).check_dataset(mnist)
+    with pytest.raises(ConfigError, match="names label 10"):
+        stream_config({"kind": "trial_and_error", "groups": [[9, 10]]}).check_dataset(mnist)
+    stream_config({"kind": "split", "tasks": 5}).check_dataset(mnist)
+    stream_config({"kind": "trial_and_error"}).check_dataset(mnist)
+
+
 def test_non_mapping_config_raises_config_error() -> None:
     with pytest.raises(ConfigError, match="mapping"):
         StreamConfig.from_dict([("tasks", 3)])  # type: ignore[arg-type]
@@ -133,7 +158,7 @@ def test_permuted_shapes(mnist: Dataset) -> None:
         x, y = task.train_batch(torch.arange(32))
         assert x.shape == (32, 784) and x.dtype == torch.float32
         assert y.shape == (32,) and y.dtype == torch.int64
-        x_test, y_test = task.test_set()
+        x_test, y_test = task.eval_set("test")
         assert x_test.shape == (1000, 784) and y_test.shape == (1000,)
 
 
@@ -141,7 +166,7 @@ def test_permuted_task_0_is_the_identity(mnist: Dataset) -> None:
     task = stream(mnist, tasks=3, validation=0).tasks[0]
     idx = torch.tensor([5, 0, 3999])
     assert torch.equal(task.train_batch(idx)[0], mnist.x_train[idx])
-    assert torch.equal(task.test_set()[0], mnist.x_test)
+    assert torch.equal(task.eval_set("test")[0], mnist.x_test)
 
 
 def test_permutations_are_real_distinct_permutations() -> None:
@@ -171,7 +196,7 @@ def test_permuted_task_permutes_the_real_pixels_consistently(mnist: Dataset) -> 
         assert torch.equal(x, mnist.x_train[idx][:, perm])
         assert torch.equal(x.sort(dim=1).values, mnist.x_train[idx].sort(dim=1).values)
         assert torch.equal(y, mnist.y_train[idx])  # task scenario: local label = digit
-        assert torch.equal(task.test_set()[0], mnist.x_test[:, perm])
+        assert torch.equal(task.eval_set("test")[0], mnist.x_test[:, perm])
 
 
 def _rss_bytes() -> int:
@@ -201,7 +226,7 @@ def test_split_tasks_hold_only_and_all_their_classes(mnist: Dataset) -> None:
     for t, task in enumerate(s.tasks):
         assert task.classes == (2 * t, 2 * t + 1)
         _, y = task.train_batch(torch.arange(task.num_train))
-        _, y_test = task.test_set()
+        _, y_test = task.eval_set("test")
         assert set(y.unique().tolist()) == set(y_test.unique().tolist()) == {2 * t, 2 * t + 1}
         in_task = (mnist.y_train == 2 * t) | (mnist.y_train == 2 * t + 1)
         assert task.num_train == int(in_task.sum())  # no sample of these classes dropped
@@ -211,7 +236,7 @@ def test_split_tasks_hold_only_and_all_their_classes(mnist: Dataset) -> None:
 
 def test_split_task_pairs_images_with_their_labels(mnist: Dataset) -> None:
     task = stream(mnist, kind="split", tasks=5, scenario="class").tasks[3]
-    x, y = task.test_set()
+    x, y = task.eval_set("test")
     pairs = zip(mnist.x_test, mnist.y_test, strict=True)
     rows = {bytes(r.numpy()): int(label) for r, label in pairs}
     assert all(rows[bytes(r.numpy())] == int(label) for r, label in zip(x, y, strict=True))
@@ -235,7 +260,7 @@ def test_labels_fall_in_the_output_units(mnist: Dataset, kind: str, scenario: st
     s = stream(mnist, kind=kind, tasks=tasks, scenario=scenario)
     assert s.num_outputs == (c if scenario == "domain" else c * tasks)
     for t, task in enumerate(s.tasks):
-        x, y = task.test_set()
+        x, y = task.eval_set("test")
         if kind != "split":
             original = mnist.y_test
         else:
@@ -266,8 +291,8 @@ def test_to_moves_every_tensor_and_keeps_batches(mnist: Dataset) -> None:
     for task, original in zip(moved.tasks, s.tasks, strict=True):
         x, y = task.train_batch(torch.arange(4, device="meta"))
         assert x.device.type == y.device.type == "meta" and x.shape == (4, 784)
-        assert task.test_set()[0].device.type == "meta"
-        assert original.test_set()[0].device.type == "cpu"  # the original stream is untouched
+        assert task.eval_set("test")[0].device.type == "meta"
+        assert original.eval_set("test")[0].device.type == "cpu"  # the original stream is untouched
     same = s.to("cpu")
     idx = torch.arange(10)
     assert torch.equal(same.tasks[2].train_batch(idx)[0], s.tasks[2].train_batch(idx)[0])
@@ -291,7 +316,7 @@ def test_validation_is_held_out_of_training_per_class_and_fixed_by_the_seed(mnis
         for label in y.unique().tolist():                   # 10% of each class, rounded
             total = int((y == label).sum() + (y_val == label).sum())
             assert int((y_val == label).sum()) == round(0.1 * total)
-        assert torch.equal(task.eval_set("test")[0], task.test_set()[0])
+        assert torch.equal(task.eval_set("test")[0], task.eval_set("test")[0])
     # train and validation together are exactly the dataset's training images
     whole = stream(mnist, kind=kind, tasks=5, scenario="class", validation=0, seed=3).tasks[0]
     task = s.tasks[0]

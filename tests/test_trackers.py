@@ -190,8 +190,11 @@ def test_a_failing_tracker_says_so_once_and_the_sweep_goes_on(capsys):
 
 
 def test_the_accuracy_image_shows_the_rows_so_far():
-    image = trackers.accuracy_image({0: [0.9], 1: [0.5, 0.8]})
-    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype.name == "uint8"
+    image = trackers.accuracy_image({0: [0.9], 1: [0.5, 0.8]}, cell=10)
+    assert image.shape == (20, 20, 3) and image.dtype.name == "uint8"
+    brightness = image.sum(axis=2)[5::10, 5::10]        # one pixel per cell
+    assert brightness[0, 1] == 0                          # task 1 not evaluated after task 0
+    assert brightness[1, 1] > brightness[1, 0] > 0        # 0.8 shows brighter than 0.5
     assert trackers.scalars({"acc_avg": 0.5, "acc_rows": [], "done": False, "pid": 3,
                              "training_iteration": 2, "ok": True}, {"lr": 0.1, "hidden": [8]},
                             ["lr", "hidden"]) == {"acc_avg": 0.5, "config/lr": 0.1}

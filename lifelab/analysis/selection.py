@@ -33,7 +33,7 @@ def is_cl_metric(metric: str, names: Iterable[str] = ()) -> bool:
 
 def test_metric(metric: str, names: Iterable[str] = ()) -> str | None:
     """The test twin of a continual-learning metric (acc_avg for val_acc_avg, the metric itself
-    for a test metric); None for a metric without twins (e.g. a teacher's loss_ratio_adam)."""
+    for a test metric); None for a metric without twins (e.g. train_loss)."""
     return base_name(metric) if is_cl_metric(metric, names) else None
 
 

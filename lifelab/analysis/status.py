@@ -16,8 +16,9 @@ def sweep_status(sweep_uri: str) -> pd.DataFrame:
 
     A continual-learning metric shows its last reported value: its value at the end of the
     stream once the trial finished (its best round would be the first task's accuracy). Any
-    other metric (e.g. a teacher's loss_ratio_adam, a fresh evaluation of the current state each
-    round) shows its last value and its best so far, `best_<metric>`, and ranks by the best."""
+    other metric (one without a `val_` twin, e.g. a learner's own loss ratio, a fresh evaluation
+    of the current state each round) shows its last value and its best so far, `best_<metric>`,
+    and ranks by the best."""
     metric, mode = _metric(read_spec(sweep_uri))
     store = ResultStore(sweep_uri)
     trials = store.read("trials")[["trial_id", "learner", "status", "error"]]
@@ -28,10 +29,13 @@ def sweep_status(sweep_uri: str) -> pd.DataFrame:
     cl = is_cl_metric(metric, names)
     other = twin(metric, names)
     shown = [metric, *([other] if other in names else [])]
-    values = values[values.name.isin(shown)].sort_values("iteration")
-    last = values.pivot_table(index="trial_id", columns="name", values="value", aggfunc="last")
+    values = values[values.name.isin(shown)].sort_values("iteration", kind="stable")
+    last = (values.drop_duplicates(["trial_id", "name"], keep="last")   # categoricals: cheap
+            .astype({"trial_id": str, "name": str})
+            .pivot(index="trial_id", columns="name", values="value"))
+    reached = values.groupby("trial_id", observed=True).iteration.max()
     per_trial = last.reindex(columns=shown).assign(
-        iteration=values.groupby("trial_id").iteration.max())
+        iteration=reached.set_axis(reached.index.astype(str)))
     rank = metric
     if not cl:
         rank = f"best_{metric}"

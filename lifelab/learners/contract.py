@@ -9,18 +9,16 @@ exactly like a built-in one. Writing a learner: docs/writing-a-learner.md.
 from __future__ import annotations
 
 import abc
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from lifelab.errors import ConfigError
+from lifelab.platform.checks import check_keys, check_value
 
 #: keys every learner config may hold besides its own parameters
 COMMON_KEYS = ("stream", "seed")
-#: the widest layer a list Param accepts: wider ones cannot fit in memory with their neighbours
-MAX_LAYER = 65_536
 
 
 @dataclass(frozen=True)
@@ -39,34 +37,8 @@ class Param:
     def check(self, owner: str, key: str, value: Any) -> Any:
         """`value` as this key holds it (an int given for a float becomes a float); a
         ConfigError naming `owner`'s key otherwise."""
-        where = f"{owner} config '{key}'"
-        if self.kind is list:
-            if (not isinstance(value, (list, tuple)) or not value or len(value) > 64
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                               for v in value)):
-                raise ConfigError(f"{where} must be a non-empty list of at most 64 positive "
-                                  f"integers (layer sizes), got {value!r}")
-            if max(value) > MAX_LAYER:
-                raise ConfigError(f"{where} has a layer of {max(value)} units, more than memory "
-                                  f"holds with its neighbours: use at most {MAX_LAYER}")
-            return list(value)
-        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, self.kind) or (self.kind is not bool and isinstance(value, bool)):
-            raise ConfigError(f"{where} must be {self.kind.__name__}, got {value!r}")
-        if self.choices is not None and value not in self.choices:
-            raise ConfigError(f"{where} {value!r} is unknown: use one of "
-                              f"{', '.join(map(str, self.choices))}")
-        if self.kind in (int, float):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{where} must be finite, got {value!r}")
-            if self.positive and value <= 0:
-                raise ConfigError(f"{where} must be > 0, got {value!r}")
-            if self.low is not None and value < self.low:
-                raise ConfigError(f"{where} must be >= {self.low}, got {value!r}")
-            if self.high is not None and value > self.high:
-                raise ConfigError(f"{where} must be <= {self.high}, got {value!r}")
-        return value
+        return check_value(f"{owner} config '{key}'", value, self.kind, self.low, self.high,
+                           above=0 if self.positive else None, choices=self.choices)
 
     def describe(self) -> str:
         """The allowed values in a few words, for `lifelab list NAME` and the docs."""
@@ -148,13 +120,9 @@ class Learner(abc.ABC):
     @classmethod
     def validate_stream(cls, stream: dict) -> Any:
         """The stream config this learner learns from; by default a task stream."""
-        from lifelab.platform.streams import STREAM_KINDS, StreamConfig
+        from lifelab.platform.streams import StreamConfig
 
-        config = StreamConfig.from_dict(stream)
-        if not isinstance(config, StreamConfig):              # e.g. an episode stream
-            raise ConfigError(f"learner '{cls.name}' learns from a task stream, not "
-                              f"stream.kind {config.kind}: use one of {', '.join(STREAM_KINDS)}")
-        return config
+        return StreamConfig.from_dict(stream, learner=cls.name)
 
     @classmethod
     def check_mutation(cls, key: str, values: list) -> None:
@@ -195,10 +163,8 @@ class Learner(abc.ABC):
 def checked_params(owner: str, params: dict[str, Param], config: dict) -> dict:
     """Every key of `params`, checked, defaults filled in; a key that is neither one of them
     nor common (COMMON_KEYS) is a ConfigError naming the valid ones."""
-    for key in config:
-        if key not in params and key not in COMMON_KEYS:
-            raise ConfigError(f"'{key}' is not a config key of learner '{owner}': "
-                              f"use one of {', '.join(sorted(params))}")
+    check_keys(config, sorted(params), f"'{{key}}' is not a config key of learner '{owner}'",
+               allowed=COMMON_KEYS)
     return {key: p.check(owner, key, config.get(key, p.default)) for key, p in params.items()}
 
 

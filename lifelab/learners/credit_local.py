@@ -259,7 +259,7 @@ class TargetProp(CreditLearner):
 
     def widen_rule_tensors(self, index: int, umap: growth.UnitMap) -> None:
         # g reading the widened layer: its inputs spread (copies equal their source);
-        # g predicting the widened layer: its outputs taken (the copy's value is the source's)
+        # g predicting the widened layer: one row per copy (see below)
         aux = self.model.aux
         if index >= 1:
             old = aux[index - 1]
@@ -272,7 +272,11 @@ class TargetProp(CreditLearner):
             old = aux[index]
             new = nn.Linear(old.in_features, umap.width).to(old.weight)
             with torch.no_grad():
-                new.weight.copy_(umap.take(old.weight, 0))
+                # g's rows give the layer's targets: a copy with its unit's row would get its
+                # unit's targets forever and stay its twin. Each copy's row carries its share
+                # of the unit's outgoing weights instead, as backprop's gradient would (g only
+                # sets targets: the network's function is untouched)
+                new.weight.copy_(umap.spread(old.weight, 0))
                 new.bias.copy_(umap.take(old.bias, 0))
             aux[index] = new
 

@@ -51,7 +51,6 @@ value. Shrinking is not function-preserving; it keeps as much of the function as
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -345,21 +344,6 @@ def identity_linear(width: int, device: torch.device | str | None = None,
         layer.weight.copy_(torch.eye(width, device=device, dtype=dtype))
         layer.bias.zero_()
     return layer
-
-
-def deepen_sequential(model: nn.Sequential, after: int) -> nn.Sequential:
-    """`model` with [identity linear, the same activation] inserted after module `after`, which
-    must be an idempotent activation such as nn.ReLU (see above) following a linear layer.
-    The modules are shared with `model`, not copied."""
-    modules = list(model)
-    activation = modules[after] if 0 <= after < len(modules) else None
-    if not isinstance(activation, (nn.ReLU, nn.Hardtanh)):
-        raise ValueError(f"deepen after an idempotent activation (nn.ReLU), got module {after}: "
-                         f"{type(activation).__name__}")
-    width = next(m.out_features for m in reversed(modules[:after]) if isinstance(m, nn.Linear))
-    ref = next(m.weight for m in reversed(modules[:after]) if isinstance(m, nn.Linear))
-    new = identity_linear(width, ref.device, ref.dtype)
-    return nn.Sequential(*modules[:after + 1], new, copy.deepcopy(activation), *modules[after + 1:])
 
 
 def widen_homogeneous(layer: nn.Linear, reader: nn.Linear | None, new_width: int,

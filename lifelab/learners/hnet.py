@@ -69,8 +69,8 @@ tasks_seen, train_loss, with train_loss including the regularizer term; and two 
                      / target-network parameters
   reg_loss           mean over the round's steps of beta x the output regularizer
 The accuracy matrix (`rows`, one row per finished task) is what the trainable records; its last
-row is the final accuracy on every task. `view_rows["til"]` / `view_rows["cil"]` (`rows_cil`)
-are the same matrix under the two views.
+row is the final accuracy on every task. `view_rows["til"]` / `view_rows["cil"]` are the same
+matrix under the two views.
 """
 
 from __future__ import annotations
@@ -148,11 +148,6 @@ class HNet(ContinualLearner):
         self.snap_gram = torch.zeros(width + 1, width + 1, device=d)   # sum over tasks
         self.snap_out = torch.zeros(hnet.chunk_size, width + 1, device=d)   # [W* | b*]
         self._round_reg: list[torch.Tensor] = []
-
-    @property
-    def rows_cil(self) -> list[list[float]]:
-        """The accuracy matrix with the task inferred (the base loop keeps it as a view)."""
-        return self.view_rows.get("cil", [])
 
     # -- building blocks -----------------------------------------------------------------------
 

@@ -26,8 +26,8 @@ norm's weight and bias are parameters like any other. A model with trainable par
 these layers, a layer called more than once, or an activation modified in place after it was
 recorded falls back to `torch.func` (vmap over per-sample gradients): exact, slower.
 
-`grad_power_sum` is the entry point; `naive_grad_power_sum` (always vmap) and
-`batch_grad_square_sum` (the mini-batch approximation) exist for tests and benchmarks.
+`grad_power_sum` is the entry point (benchmarks/regularizers.py times it against a naive vmap
+and the mini-batch approximation).
 """
 
 from __future__ import annotations
@@ -286,32 +286,3 @@ def _vmap_chunk(model: nn.Module, loss_fn: LossFn, chunk: list[torch.Tensor],
     grads = torch.func.vmap(torch.func.grad(one), in_dims=(None, *[0] * len(chunk)))(
         params, *chunk)
     return {n[len("model."):]: _abs_pow(g, power).sum(0) for n, g in grads.items()}
-
-
-def naive_grad_power_sum(model: nn.Module, loss_fn: LossFn, inputs: Sequence[torch.Tensor],
-                         power: float = 2.0, chunk_size: int = 4096) -> dict[str, torch.Tensor]:
-    """The same sum through torch.func vmap-over-grad (materialises every per-sample gradient),
-    in eval mode as `grad_power_sum`."""
-    total = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
-    with eval_mode(model):
-        for start in range(0, len(inputs[0]), chunk_size):
-            chunk = [t[start:start + chunk_size] for t in inputs]
-            for name, value in _vmap_chunk(model, loss_fn, chunk, power).items():
-                total[name] += value
-    return total
-
-
-def batch_grad_square_sum(model: nn.Module, loss_fn: LossFn, inputs: Sequence[torch.Tensor],
-                          batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """The mini-batch approximation (as in Avalanche's EWC): the squared gradient of each batch's
-    mean loss, times the batch size, summed over batches. Not a per-sample statistic."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    total = {n: torch.zeros_like(p) for n, p in params.items()}
-    for start in range(0, len(inputs[0]), batch_size):
-        chunk = [t[start:start + batch_size] for t in inputs]
-        grads = torch.autograd.grad(loss_fn(*chunk).mean(), list(params.values()),
-                                    allow_unused=True)
-        for (name, _), g in zip(params.items(), grads, strict=True):
-            if g is not None:
-                total[name] += g * g * len(chunk[0])
-    return total

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from lifelab.errors import ConfigError
+from lifelab.platform.checks import check_keys, check_value
 from lifelab.platform.yamlsafe import check_depth, load_yaml
 
 SCHEDULERS = ("fifo", "pbt", "pb2", "asha")
@@ -298,11 +299,8 @@ def _search(data: dict) -> SearchSettings:
     _number("search.reduction_factor", search.reduction_factor, low=1, strict=True)
     mutations = _mapping("search.mutations", search.mutations)
     scheduler = search.scheduler
-    if not isinstance(search.select_on_test, bool):
-        raise ConfigError(f"search.select_on_test must be true or false, got "
-                          f"{search.select_on_test!r}")
-    if not isinstance(search.synch, bool):
-        raise ConfigError(f"search.synch must be true or false, got {search.synch!r}")
+    check_value("search.select_on_test", search.select_on_test, bool)
+    check_value("search.synch", search.synch, bool)
     if search.synch and scheduler not in POPULATION_SCHEDULERS:
         raise ConfigError("search.synch is only used by schedulers pbt and pb2: remove it or "
                           "set search.scheduler: pbt")
@@ -382,14 +380,11 @@ def _mapping(where: str, value: Any) -> dict:
 
 
 def _no_unknown(where: str, data: dict, known: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"{where}.{key} is not a known key: use one of {', '.join(known)}")
+    check_keys(data, known, f"{where}.{{key}} is not a known key")
 
 
 def _one_of(where: str, value: Any, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ConfigError(f"{where} {value!r} is unknown: use one of {', '.join(options)}")
+    check_value(where, value, str, choices=options)
 
 
 def _is_number(value: Any) -> bool:
@@ -399,22 +394,12 @@ def _is_number(value: Any) -> bool:
 
 def _number(where: str, value: Any, low: float | None = None, high: float | None = None,
             strict: bool = False) -> None:
-    ok = _is_number(value)
-    if ok and low is not None:
-        ok = value > low if strict else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bound = f" {'>' if strict else '>='} {low}" if low is not None else ""
-        bound += f" and <= {high}" if high is not None else ""
-        raise ConfigError(f"{where} must be a number{bound}, got {value!r}")
+    check_value(where, value, float, None if strict else low, high,
+                above=low if strict else None)
 
 
 def _int(where: str, value: Any, low: int, high: int | None = None) -> None:
-    if (not isinstance(value, int) or isinstance(value, bool) or value < low
-            or (high is not None and value > high)):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ConfigError(f"{where} must be an integer {bound}, got {value!r}")
+    check_value(where, value, int, low, high)
 
 
 def _positive_int(where: str, value: Any) -> None:

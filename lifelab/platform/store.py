@@ -63,6 +63,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 SPEC_FILE = "spec.yaml"
+OBJECT_STORES = ("s3", "gcs")       # pyarrow filesystem type names
 
 # The columns that identify one fact; a table holds one live row per key.
 KEYS: dict[str, tuple[str, ...]] = {
@@ -118,7 +119,8 @@ class ResultStore:
         """The live rows of a table (see module docstring), in key order. `names` (metrics only):
         read just those metric names; `round_s`, which every result reports, is read too, so the
         ownership rule still sees every result."""
-        raw = self.read_raw(table, [*names, "round_s"] if names is not None else None)
+        raw = (self.read_raw(table) if names is None else   # strings as categoricals: faster
+               self.read_raw(table, [*names, "round_s"], dictionary=("sweep", "trial_id", "name")))
         if table == "trials":
             return live_rows(table, raw)
         owners = self.owners({table: raw}) if names is None else takeovers({table: raw})
@@ -164,12 +166,17 @@ class ResultStore:
     # -- internals -----------------------------------------------------------------------------
 
     def write_part(self, table: str, arrow: pa.Table) -> str:
-        """Write one part atomically (a hidden temporary name, then a rename); its path."""
+        """Write one part atomically (a hidden temporary name, then a rename; on object storage,
+        where an object appears whole or not at all, directly: a rename there is a copy); its
+        path."""
         directory = self.table_dir(table)
         name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = join(directory, f".tmp-{name}")
         try:
             self.fs.create_dir(directory, recursive=True)
+            if self.fs.type_name in OBJECT_STORES:
+                pq.write_table(arrow, join(directory, name), filesystem=self.fs)
+                return join(directory, name)
             pq.write_table(arrow, tmp, filesystem=self.fs)
             self.fs.move(tmp, join(directory, name))
         except OSError as exc:
@@ -266,8 +273,10 @@ def takeovers(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         if table == "trials" or df is None or df.empty:
             continue
         its = df[["trial_id", "run"]].assign(_it=result_iteration(table, df).to_numpy())
-        its["trial_id"] = its["trial_id"].astype(str)
-        firsts[table] = its.groupby(["trial_id", "run"])["_it"].min()
+        first = its.groupby(["trial_id", "run"], observed=True)["_it"].min()
+        # trial ids as str (a table read with categoricals): after grouping, it is cheaper
+        firsts[table] = first.set_axis(first.index.set_levels(
+            first.index.levels[0].astype(str), level=0))
     if not firsts:
         return pd.DataFrame({"trial_id": pd.Series(dtype=str), "run": pd.Series(dtype="int64"),
                              "start": pd.Series(dtype=float), "until": pd.Series(dtype=float)})
@@ -292,8 +301,13 @@ def live_rows(table: str, df: pd.DataFrame, owners: pd.DataFrame | None = None) 
         return df.sort_values("trial_id").reset_index(drop=True)
     if owners is None:
         owners = takeovers({table: df})
-    owned = (df[["trial_id", "run"]].astype({"trial_id": str})
-             .merge(owners, on=["trial_id", "run"], how="left"))
+    ids = df["trial_id"]
+    if isinstance(ids.dtype, pd.CategoricalDtype):      # match the owners to it, not each row
+        owners = owners[owners.trial_id.isin(ids.cat.categories)].astype({"trial_id": ids.dtype})
+    else:
+        ids = ids.astype(str)
+    owned = pd.DataFrame({"trial_id": ids, "run": df["run"]}).merge(
+        owners, on=["trial_id", "run"], how="left")
     it = result_iteration(table, df).to_numpy()
     # a run unknown to `owners` (rows written after they were computed) keeps its rows
     keep = owned["start"].isna().to_numpy() | ((owned["start"].to_numpy() <= it)

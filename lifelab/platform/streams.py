@@ -51,6 +51,7 @@ import torch
 
 from lifelab.errors import ConfigError
 from lifelab.platform import transforms
+from lifelab.platform.checks import check_stream_source, check_value, stream_from_mapping
 from lifelab.platform.data import AUGMENTATION, DATASETS, NORMALIZATION, Dataset, as_float
 from lifelab.platform.episodes import EPISODE_KINDS, EpisodeConfig
 
@@ -87,55 +88,43 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.dataset, str) and ":" in self.dataset):   # module:function
-            _check_choice("dataset", self.dataset, DATASETS)
-        _check_choice("kind", self.kind, STREAM_KINDS)
-        _check_choice("scenario", self.scenario, SCENARIOS)
-        _check_int("tasks", self.tasks, 1, MAX_TASKS)
-        _check_int("steps_per_task", self.steps_per_task, 1)
-        _check_int("epochs_per_task", self.epochs_per_task, 0, 10_000)
-        _check_int("classes_per_task", self.classes_per_task, 1, 1000)
-        _check_choice("class_order", self.class_order, CLASS_ORDERS)
-        _check_choice("angles", self.angles, ANGLES)
-        _check_choice("augment", self.augment, ("auto", *transforms.AUGMENTATIONS))
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        ok = isinstance(self.validation, (int, float)) and not isinstance(self.validation, bool)
-        if not (ok and 0 <= self.validation <= 0.5):
-            raise ConfigError(f"stream.validation must be a fraction between 0 and 0.5 (0: no "
-                              f"validation split), got {self.validation!r}")
-        if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ConfigError(
-                f"stream.data_root must be a directory path or null, got {self.data_root!r}"
-            )
-        if not isinstance(self.download, bool):
-            raise ConfigError(f"stream.download must be true or false, got {self.download!r}")
+            check_value("stream.dataset", self.dataset, str, choices=DATASETS)
+        check_value("stream.kind", self.kind, str, choices=STREAM_KINDS)
+        check_value("stream.scenario", self.scenario, str, choices=SCENARIOS)
+        check_value("stream.tasks", self.tasks, int, 1, MAX_TASKS)
+        check_value("stream.steps_per_task", self.steps_per_task, int, 1)
+        check_value("stream.epochs_per_task", self.epochs_per_task, int, 0, 10_000)
+        check_value("stream.classes_per_task", self.classes_per_task, int, 1, 1000)
+        check_value("stream.class_order", self.class_order, str, choices=CLASS_ORDERS)
+        check_value("stream.angles", self.angles, str, choices=ANGLES)
+        check_value("stream.augment", self.augment, str,
+                    choices=("auto", *transforms.AUGMENTATIONS))
+        check_value("stream.validation", self.validation, float, 0, 0.5, what="a fraction",
+                    hint=" (0: no validation split)")
+        check_stream_source(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StreamConfig | EpisodeConfig:
-        """Build from a plain dict (e.g. parsed YAML); missing keys take their defaults.
-        An episode kind (trial_and_error) gives its own config (lifelab.platform.episodes)."""
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"stream must be a mapping of stream keys, got {d!r}")
-        if d.get("kind") in EPISODE_KINDS:
-            return EpisodeConfig.from_dict(d)
-        keys = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in keys:
-                raise ConfigError(f"stream.{key} is not a stream key: use one of {', '.join(keys)}")
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any], learner: str = "") -> StreamConfig:
+        """Build from a plain dict (e.g. parsed YAML); missing keys take their defaults. An
+        episode kind is refused, naming `learner` (episodes: `stream_config`)."""
+        if isinstance(d, Mapping) and d.get("kind") in EPISODE_KINDS:
+            who = f"learner '{learner}'" if learner else "a continual learner"
+            raise ConfigError(f"{who} learns from a task stream, not stream.kind {d['kind']}: "
+                              f"use one of {', '.join(STREAM_KINDS)}")
+        return stream_from_mapping(cls, d, "stream.{key} is not a stream key")
+
+    def check_dataset(self, dataset: Dataset) -> None:
+        """Refuse, before any trial starts, a stream `dataset` cannot give (e.g. more classes
+        than it has)."""
+        build_stream(self, dataset)
 
 
-def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"stream.{key} {value!r} is unknown: use one of {', '.join(choices)}")
-
-
-def _check_int(key: str, value: object, low: int, high: int | None = None) -> None:
-    # bool is an int subclass; `tasks: true` in YAML is a mistake, not 1.
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    if ok and value >= low and (high is None or value <= high):
-        return
-    bounds = f">= {low}" if high is None else f"between {low} and {high}"
-    raise ConfigError(f"stream.{key} must be an integer {bounds}, got {value!r}")
+def stream_config(d: Mapping[str, Any]) -> StreamConfig | EpisodeConfig:
+    """The config of the stream `d` describes, by its kind: an EpisodeConfig for an episode
+    kind (trial_and_error), else a StreamConfig. Both have `dataset` and `check_dataset`."""
+    if isinstance(d, Mapping) and d.get("kind") in EPISODE_KINDS:
+        return EpisodeConfig.from_dict(d)
+    return StreamConfig.from_dict(d)
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,16 +179,12 @@ class Task:
             return self._transform(x, y, (offsets, flips))
         return self._transform(x, y)
 
-    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This task's whole test set, labels as in train_batch."""
-        return self._transform(self._x_test, self._y_test)
-
     def eval_set(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """This task's whole validation ("val") or test ("test") set, labels as in train_batch."""
         if split == "val":
             return self._transform(self._x_val, self._y_val)
         if split == "test":
-            return self.test_set()
+            return self._transform(self._x_test, self._y_test)
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
     def _transform(self, x: torch.Tensor, y: torch.Tensor,
@@ -274,9 +259,6 @@ class Stream:
 
 def build_stream(config: StreamConfig, dataset: Dataset) -> Stream:
     """Cut `dataset` (loaded for config.dataset) into the tasks `config` describes."""
-    if isinstance(config, EpisodeConfig):
-        raise ConfigError(f"stream.kind {config.kind} gives episodes, not tasks: a continual "
-                          f"learner needs stream.kind {' or '.join(STREAM_KINDS)}")
     if dataset.name != config.dataset:
         raise ValueError(f"stream wants dataset {config.dataset!r}, got {dataset.name!r}")
     shape = tuple(dataset.input_shape)

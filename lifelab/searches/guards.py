@@ -1,6 +1,6 @@
 """What keeps a sweep from silently going wrong after a crash: checks before a resumed sweep starts
-its trials, a watchdog that turns a sweep that can no longer progress into a one-line error, and
-a retry of a trial whose worker process died, however many times its death is reported."""
+its trials, and a watchdog that turns a sweep that can no longer progress into a one-line error.
+(The retry of a trial whose worker process died lives with Ray's other internals.)"""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from ray import tune
 
 from lifelab.errors import LifelabError
 from lifelab.platform.store import join
+from lifelab.searches.ray_internals import latest_checkpoint_result, retry_worker_loss
+
+__all__ = ["CannotResumeError", "ResumeCheck", "StallGuard", "retry_worker_loss",
+           "saved_trial_ids"]
 
 STUCK_S = 60.0              # every unfinished trial PAUSED, none starting, for this long
 STATE_GLOB = "experiment_state-"
@@ -66,7 +70,7 @@ class ResumeCheck(tune.Callback):
                 self._check_checkpoint(trial)
 
     def _check_checkpoint(self, trial) -> None:
-        latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+        latest = latest_checkpoint_result(trial)
         if latest is None or latest.checkpoint is None:
             return                                    # starts from scratch
         storage = trial.storage
@@ -138,35 +142,3 @@ class StallGuard(tune.Callback):
                 f"sweep {self.name} cannot go on: its {len(unfinished)} unfinished trials have "
                 f"all been PAUSED for {now - self.paused_since:.0f} s and the scheduler starts "
                 f"none of them: {fix}")
-
-
-def retry_worker_loss() -> None:
-    """A trial whose worker process dies is retried from its last checkpoint, up to
-    FailureConfig.max_failures, also where Tune ended it in ERROR at once.
-
-    Ray reports an actor's death twice: to the actor's error callback, and to that of the task
-    that found it dead. For a RUNNING trial only the second counts. For a trial that is not
-    running, e.g. a PENDING one being handed a cached actor (reuse_actors: PBT restarting a
-    PAUSED trial), the first report requeues it and Tune took the second one for a failure of
-    the requeued trial. The reset the trial waited for never comes either, and Tune would never
-    start it again (nor, with PBT choosing it first, any other trial).
-    """
-    from ray.exceptions import RayActorError
-    from ray.tune.execution.tune_controller import TuneController
-    from ray.tune.experiment import Trial
-
-    original = TuneController._process_trial_failure
-    if getattr(original, "lifelab", False):
-        return
-
-    def process_trial_failure(self, trial, exception):
-        if isinstance(exception, RayActorError):
-            self._resetting_trials.discard(trial)
-        if isinstance(exception, RayActorError) and trial.status == Trial.PENDING:
-            if trial not in self._trial_to_actor:
-                return                   # the same death again: the trial is already requeued
-            self._set_trial_status(trial, Trial.RUNNING)   # recover it like a running trial
-        return original(self, trial, exception)
-
-    process_trial_failure.lifelab = True
-    TuneController._process_trial_failure = process_trial_failure

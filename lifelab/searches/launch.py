@@ -12,12 +12,12 @@ import sys
 import pyarrow.fs as pafs
 import yaml
 
-from lifelab.errors import LifelabError, StorageError
+from lifelab.errors import ConfigError, LifelabError, StorageError
 from lifelab.platform.cluster import check_resources, connect, gpus_per_trial
 from lifelab.platform.config import SweepSpec, parse_spec
 from lifelab.platform.data import Dataset, load_stream_dataset
 from lifelab.platform.store import SPEC_FILE, join, read_spec, resolve
-from lifelab.platform.streams import StreamConfig, build_stream
+from lifelab.platform.streams import stream_config
 from lifelab.searches.guards import (
     CannotResumeError,
     ResumeCheck,
@@ -25,9 +25,12 @@ from lifelab.searches.guards import (
     retry_worker_loss,
     saved_trial_ids,
 )
+from lifelab.searches.integrity import StateSigner, verify_state
 from lifelab.searches.lease import Lease, LeaseCallback
 from lifelab.searches.progress import DEFAULT_INTERVAL_S, ProgressCallback
+from lifelab.searches.ray_internals import set_restored_run
 from lifelab.searches.recording import RecordingCallback
+from lifelab.searches.retention import CheckpointRetention
 from lifelab.searches.schedulers import build_scheduler, build_searcher
 from lifelab.searches.space import param_space
 from lifelab.searches.spec import check_learners
@@ -35,9 +38,6 @@ from lifelab.searches.trackers import tracker_callbacks
 
 TUNE_DIR = "tune"
 DEFAULT_STORAGE = "lifelab-sweeps"
-# How often Tune saves the experiment state that resume starts from (its default is >= 10 s, so a
-# driver killed early would restart every trial from scratch).
-EXPERIMENT_STATE_PERIOD_S = "2"
 MAX_FAILURES = 3
 
 
@@ -67,9 +67,8 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
                            f"`lifelab resume {sweep_uri}` or choose another --name")
     data = _datasets(spec)                     # a missing dataset fails before anything is written
     for stream in spec.stream_variants():      # e.g. more classes than the dataset has
-        config = StreamConfig.from_dict(stream)
-        if isinstance(config, StreamConfig):
-            build_stream(config, data[config.dataset])
+        config = stream_config(stream)
+        config.check_dataset(data[config.dataset])
     existed = _exists(fs, path)
     try:
         fs.create_dir(path, recursive=True)
@@ -97,7 +96,7 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, address: str | None =
         raise StorageError(f"cannot write to storage {sweep_uri} ({exc}): choose a writable "
                            "--storage") from None
     try:
-        _tune_environment(verbose)
+        _tune_environment(verbose, spec.search.samples, sweep_uri)
         return sweep_uri, _tuner(spec, sweep_uri, data, reuse_actors, progress_s, verbose,
                                  lease).fit()
     finally:
@@ -133,7 +132,8 @@ def resume_sweep(sweep_dir: str, address: str | None = None,
                                     "under another name") from None
         data = _datasets(spec)
         connect(address, code=spec.code, verbose=verbose)
-        _tune_environment(verbose)
+        check_resources(spec.resources["cpu"], spec.resources["gpu"], address)
+        _tune_environment(verbose, spec.search.samples, sweep_uri)
         if saved is None:
             _say(f"{sweep_uri} stopped before Tune saved any state: starting its trials from "
                  "scratch")
@@ -142,16 +142,17 @@ def resume_sweep(sweep_dir: str, address: str | None = None,
                     fs.delete_dir(join(path, leftover))
             return sweep_uri, _tuner(spec, sweep_uri, data, True, progress_s, verbose,
                                      lease).fit()
+        verify_state(sweep_uri, TUNE_DIR)      # before Tune unpickles any of its state
         tuner = tune.Tuner.restore(tune_uri, trainable=_trainable(spec, data),
                                    resume_errored=True)
-        internal = tuner._local_tuner
         # the callbacks pickled with the experiment name the location it started in: this
         # resume's own write here; and Tune keeps no scheduler state across a restore, so one
         # built from spec.yaml (with this version's code) loses nothing
-        internal._run_config.callbacks = _callbacks(spec, sweep_uri, progress_s, lease,
-                                                    ResumeCheck(sweep_uri, saved))
-        internal._tune_config.scheduler = build_scheduler(spec)
-        internal._run_config.verbose = 1 if verbose else 0
+        scheduler = build_scheduler(spec)
+        set_restored_run(tuner, _callbacks(spec, sweep_uri, progress_s, lease,
+                                           ResumeCheck(sweep_uri, saved), scheduler=scheduler,
+                                           resumed=True),
+                         scheduler, verbose=1 if verbose else 0)
         return sweep_uri, tuner.fit()
     finally:
         lease.release()
@@ -162,8 +163,27 @@ def _say(note: str | None) -> None:
         print(f"lifelab: {note}", file=sys.stderr, flush=True)
 
 
-def _tune_environment(verbose: bool) -> None:
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
+def state_period_s(trials: int, remote: bool = False) -> float:
+    """Seconds between saves of the experiment state a resume starts from. Each save serializes
+    every trial (and on object storage costs several requests, as does the results flush that
+    precedes it), so a big sweep, or one on S3/GCS, saves less often: from 10 s there; a small
+    local one every 2 s, so a driver killed early loses little. LIFELAB_STATE_PERIOD_S sets it."""
+    override = os.environ.get("LIFELAB_STATE_PERIOD_S")
+    if not override:
+        return min(30.0, max(10.0 if remote else 2.0, trials / 50))
+    try:
+        seconds = float(override)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"LIFELAB_STATE_PERIOD_S={override!r} is not a number of seconds > 0: "
+                          "unset it or give e.g. 10")
+    return seconds
+
+
+def _tune_environment(verbose: bool, trials: int = 1, sweep_uri: str = "") -> None:
+    remote = "://" in sweep_uri and not sweep_uri.startswith("file://")
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(state_period_s(trials, remote))
     if not verbose:
         # Tune's newer console output prints its banner even at verbose=0; the classic one
         # is silent there, and lifelab's progress table says what matters
@@ -185,7 +205,7 @@ def _datasets(spec: SweepSpec) -> dict[str, Dataset]:
     """Every dataset the sweep's streams name, loaded once on the driver."""
     data = {}
     for stream in spec.stream_variants():
-        config = StreamConfig.from_dict(stream)
+        config = stream_config(stream)
         if config.dataset not in data:
             data[config.dataset] = load_stream_dataset(config)
     return data
@@ -211,13 +231,14 @@ def _tuner(spec: SweepSpec, sweep_uri: str, data: dict[str, Dataset], reuse_acto
     from ray import tune
 
     stop = {"training_iteration": spec.stop["rounds"]} if spec.stop.get("rounds") else None
-    callbacks = _callbacks(spec, sweep_uri, progress_s, lease)
+    scheduler = build_scheduler(spec)
+    callbacks = _callbacks(spec, sweep_uri, progress_s, lease, scheduler=scheduler)
     return tune.Tuner(
         _trainable(spec, data),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             metric=spec.search.metric, mode=spec.search.mode, num_samples=spec.search.samples,
-            scheduler=build_scheduler(spec), search_alg=build_searcher(spec),
+            scheduler=scheduler, search_alg=build_searcher(spec),
             # PBT exploits without starting a new process
             reuse_actors=reuse_actors,
         ),
@@ -225,8 +246,8 @@ def _tuner(spec: SweepSpec, sweep_uri: str, data: dict[str, Dataset], reuse_acto
             # our progress table replaces Tune's; a resume brings its own callbacks
             name=TUNE_DIR, storage_path=sweep_uri, stop=stop, verbose=1 if verbose else 0,
             callbacks=callbacks,
-            # a checkpoint every round: resume loses at most one round, and PBT needs every
-            # donor checkpoint to still exist (num_to_keep=2 made trials fail)
+            # a checkpoint every round: resume loses at most one round; Tune keeps them all
+            # and CheckpointRetention deletes those neither PBT nor a resume can still need
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1,
                                                     checkpoint_at_end=True),
             # a trial whose node is lost (preemption) continues from its last checkpoint
@@ -236,16 +257,18 @@ def _tuner(spec: SweepSpec, sweep_uri: str, data: dict[str, Dataset], reuse_acto
 
 
 def _callbacks(spec: SweepSpec, sweep_uri: str, progress_s: float, lease: Lease | None,
-               *more) -> list:
+               *more, scheduler=None, resumed: bool = False) -> list:
     from ray.tune.logger import JsonLoggerCallback
 
     retry_worker_loss()
-    callbacks = [RecordingCallback(sweep_uri, spec.name), StallGuard(spec), *more]
+    retention = CheckpointRetention(scheduler, resumed=resumed)
+    callbacks = [StateSigner(sweep_uri, TUNE_DIR), RecordingCallback(sweep_uri, spec.name),
+                 StallGuard(spec), retention, *more]
     if lease is not None:
         callbacks.append(LeaseCallback(lease))
     callbacks += [JsonLoggerCallback(), *tracker_callbacks(spec, sweep_uri, progress_s > 0)]
     if progress_s > 0:
-        callbacks.append(ProgressCallback(spec, progress_s))
+        callbacks.append(ProgressCallback(spec, progress_s, storage=retention))
     return callbacks
 
 

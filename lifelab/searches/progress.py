@@ -9,13 +9,16 @@ parameters sampled at the start, not what PBT mutates.
 
 A continual-learning metric shows its last reported value: its value at the end of the stream once
 the trial finished (its best round would be the first task's accuracy, which says nothing). Any
-other metric (e.g. a teacher's loss_ratio_adam, a fresh evaluation of the current state each
-round, each round checkpointed) also shows its best so far, and ranks by it.
+other metric (one without a `val_` twin, e.g. a learner's own loss ratio, a fresh evaluation of
+the current state each round, each round checkpointed) also shows its best so far, and ranks by it.
+A big population shows its best SHOWN_TRIALS; a last line says how many checkpoints (and MB) the
+sweep keeps on storage and the driver's peak memory.
 """
 
 from __future__ import annotations
 
 import math
+import resource
 import time
 
 import pandas as pd
@@ -25,6 +28,7 @@ from lifelab.analysis.selection import foreign_keys, is_cl_metric, twin
 from lifelab.platform.config import SweepSpec, is_distribution
 
 DEFAULT_INTERVAL_S = 10.0
+SHOWN_TRIALS = 25
 
 
 def searched_keys(spec: SweepSpec) -> list[str]:
@@ -43,8 +47,10 @@ def show(value) -> str:
 
 
 class ProgressCallback(tune.Callback):
-    def __init__(self, spec: SweepSpec, interval_s: float = DEFAULT_INTERVAL_S):
+    def __init__(self, spec: SweepSpec, interval_s: float = DEFAULT_INTERVAL_S,
+                 storage=None):
         self.name = spec.name
+        self.storage = storage       # has summary(): what the sweep keeps on storage
         self.metric, self.mode = spec.search.metric, spec.search.mode
         self.twin = twin(self.metric)        # None: no twin, or one recognised from results
         self.cl = is_cl_metric(self.metric)
@@ -59,7 +65,7 @@ class ProgressCallback(tune.Callback):
 
     def __getstate__(self) -> dict:
         # pickled with the experiment; a resumed sweep fills these from the trials' new results
-        return {**self.__dict__, "best": {}, "last": {}, "twin_last": {}}
+        return {**self.__dict__, "best": {}, "last": {}, "twin_last": {}, "storage": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if not self.cl and twin(self.metric, result):       # e.g. a learner's own metric
@@ -69,6 +75,8 @@ class ProgressCallback(tune.Callback):
             self.twin_last[trial.trial_id] = other
         value = result.get(self.metric)
         if not _finite(value):
+            if isinstance(value, float) and math.isinf(value):   # diverged, awaiting rescue
+                self.last.pop(trial.trial_id, None)
             return
         self.last[trial.trial_id] = value
         best = self.best.get(trial.trial_id)
@@ -87,7 +95,7 @@ class ProgressCallback(tune.Callback):
         # a CL metric ranks by its value at the end of the stream (the last reported), any
         # other by its best so far
         rank = self.metric if self.cl else f"best {self.metric}"
-        rows = [{"trial": t.trial_id, "status": t.status,
+        rows = [{"trial": t.trial_id, "status": status(t),
                  "round": (t.last_result or {}).get("training_iteration", 0),
                  self.metric: self.last.get(t.trial_id, math.nan),
                  **({self.twin: self.twin_last.get(t.trial_id, math.nan)} if self.cl else
@@ -105,13 +113,31 @@ class ProgressCallback(tune.Callback):
         head = (f"{self.name}: {len(frame)} trials ("
                 + ", ".join(f"{n} {status.lower()}" for status, n in counts.items())
                 + f"), {self.metric} ({self.mode}){beside} at {time.strftime('%H:%M:%S')}")
-        body = frame.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}")
-        return f"\n{head}\n{body}"
+        more = len(frame) - SHOWN_TRIALS
+        body = frame.head(SHOWN_TRIALS).to_string(index=False, na_rep="-",
+                                                  float_format=lambda v: f"{v:.4f}")
+        if more > 0:
+            body += f"\n... and {more} more trials (lifelab status SWEEP_DIR lists them all)"
+        return f"\n{head}\n{body}\n{self.footprint()}"
+
+    def footprint(self) -> str:
+        """One line: what the sweep keeps on storage, and the driver's memory."""
+        kept = f"{self.storage.summary()}; " if self.storage is not None else ""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10   # KB on Linux
+        return f"{kept}driver memory peak {peak:.0f} MB"
 
     def _shown(self, config: dict, key: str) -> str:
         if key in self.foreign.get(str(config.get("learner")), ()):
             return "-"
         return show(config.get(key, "-"))
+
+
+def status(trial) -> str:
+    """Tune's status, DIVERGED for a trial it ended because its loss diverged (its last
+    result says why: Tune keeps it across a resume)."""
+    if trial.status == "TERMINATED" and "lifelab_stop" in (trial.last_result or {}):
+        return "DIVERGED"
+    return trial.status
 
 
 def _finite(value) -> bool:

@@ -28,6 +28,8 @@ from collections import deque
 import pyarrow.fs as pafs
 from ray import tune
 
+from lifelab.searches.ray_internals import checkpoint_results, pbt_population
+
 PINNED_SAVES = 3
 PRUNE_S = 5.0
 CHECKPOINT_DIR = re.compile(r"checkpoint_\d+$")
@@ -35,6 +37,11 @@ CHECKPOINT_DIR = re.compile(r"checkpoint_\d+$")
 
 def _path(checkpoint) -> str | None:
     return checkpoint.path.rstrip("/") if checkpoint is not None else None
+
+
+def _tail(path: str) -> str:
+    """<trial dir>/<checkpoint dir>: the same wherever the sweep dir is now."""
+    return "/".join(path.split("/")[-2:])
 
 
 class CheckpointRetention(tune.Callback):
@@ -62,9 +69,6 @@ class CheckpointRetention(tune.Callback):
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         self.trials = trials
-        if self.resumed:
-            self.resumed = False
-            self.delete_orphans(trials)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
         self.trials = trials
@@ -74,6 +78,9 @@ class CheckpointRetention(tune.Callback):
             self.sizes[path] = _size(checkpoint.filesystem, path)
 
     def on_step_end(self, iteration, trials, **info) -> None:
+        if self.resumed:            # after the resume's checks fixed the paths of moved sweeps
+            self.resumed = False
+            self.delete_orphans(trials)
         if self.dirty and time.monotonic() - self.last_prune >= PRUNE_S:
             self.prune(trials)
 
@@ -100,7 +107,7 @@ class CheckpointRetention(tune.Callback):
             return
         keep = self.pinned(trials)
         for trial in list(self.dirty):
-            results = registered_checkpoints(trial)
+            results = checkpoint_results(trial)
             stale = [r for r in results if _path(r.checkpoint) not in keep]
             if not stale:
                 continue
@@ -110,9 +117,10 @@ class CheckpointRetention(tune.Callback):
         self.dirty.clear()
 
     def delete_orphans(self, trials) -> None:
-        """Delete the checkpoint dirs of these trials that no restored state refers to."""
-        known = self.pinned(trials) | {_path(r.checkpoint) for t in trials
-                                       for r in registered_checkpoints(t)}
+        """Delete the checkpoint dirs of these trials that no restored state refers to (paths
+        compared from the trial dir on: the state may name where a moved sweep used to be)."""
+        known = {_tail(path) for path in self.pinned(trials)} | {
+            _tail(_path(r.checkpoint)) for t in trials for r in checkpoint_results(t)}
         for trial in trials:
             fs, trial_dir = trial.storage.storage_filesystem, trial.storage.trial_fs_path
             try:
@@ -121,7 +129,7 @@ class CheckpointRetention(tune.Callback):
                 continue
             for info in infos:
                 if (info.type == pafs.FileType.Directory and CHECKPOINT_DIR.match(info.base_name)
-                        and info.path.rstrip("/") not in known):
+                        and _tail(info.path.rstrip("/")) not in known):
                     self._delete(fs, info.path.rstrip("/"))
 
     def _delete(self, fs, path: str) -> None:
@@ -152,17 +160,11 @@ def _mb(size: int) -> str:
     return f"{size / 2**20:.1f} MB"
 
 
-def registered_checkpoints(trial) -> list:
-    """The list of training results with checkpoints Tune keeps (and saves) for a trial."""
-    return trial.run_metadata.checkpoint_manager._checkpoint_results
-
-
 def pbt_held_checkpoints(scheduler) -> set[str]:
     """The checkpoints a PBT scheduler holds for future exploits (its trials' last_checkpoint:
     a checkpoint, or a save in flight, which counts once it has finished)."""
-    states = getattr(scheduler, "_trial_state", None) or {}
     paths = set()
-    for state in states.values():
+    for state in pbt_population(scheduler).values():
         held = state.last_checkpoint
         if held is not None and hasattr(held, "resolve"):        # a save in flight
             result = held.resolve(block=False)

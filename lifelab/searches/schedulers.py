@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
@@ -9,6 +12,12 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from lifelab.platform.config import SweepSpec
+from lifelab.searches.ray_internals import (
+    PBTHooks,
+    latest_checkpoint_result,
+    pb2_data,
+    set_pb2_data,
+)
 from lifelab.searches.space import learner_keys, learner_mutations, mutations
 
 
@@ -34,7 +43,7 @@ class _GroupedExploit:
             return super().on_trial_result(tune_controller, trial, result)
         finally:
             self._group = None
-            if self._synch:
+            if self.synch:
                 self._keep_next_sync_reachable(tune_controller)
 
     # -- resume and fairness -------------------------------------------------------------------
@@ -46,20 +55,19 @@ class _GroupedExploit:
         restored = _checkpoint_iteration(trial)
         if restored:
             # perturb every interval from where the trial continues, as before the crash
-            self._trial_state[trial].last_perturbation_time = restored
-            if self._synch:
-                self._next_perturbation_sync = max(self._next_perturbation_sync,
-                                                   restored + self._perturbation_interval)
+            self.population[trial].last_perturbation_time = restored
+            if self.synch:
+                self.next_sync = max(self.next_sync, restored + self.interval)
 
     def _keep_next_sync_reachable(self, tune_controller) -> None:
         """Synch PBT runs only trials short of the next sync point, which it sets to at least
         the furthest trial's time. With the sync point of a fresh PBT (1 interval) after a
         restore, a population in step sets it to exactly where every trial already is: then no
         trial may run and all wait PAUSED forever. Move it one interval past the laggard."""
-        times = [self._trial_state[t].last_train_time for t in tune_controller.get_live_trials()
-                 if t in self._trial_state and not t.is_finished()]
-        if times and min(times) >= self._next_perturbation_sync:
-            self._next_perturbation_sync = min(times) + self._perturbation_interval
+        times = [self.population[t].last_train_time for t in tune_controller.get_live_trials()
+                 if t in self.population and not t.is_finished()]
+        if times and min(times) >= self.next_sync:
+            self.next_sync = min(times) + self.interval
 
     def choose_trial_to_run(self, tune_controller):
         """PBT runs the waiting trial that trained least; among equals Tune takes the first in
@@ -69,55 +77,66 @@ class _GroupedExploit:
         never ran, their stale scores stayed on top. Among equals, the one that reported
         longest ago goes first."""
         candidates = [t for t in tune_controller.get_trials()
-                      if t.status in (Trial.PENDING, Trial.PAUSED) and t in self._trial_state
-                      and (not self._synch or self._trial_state[t].last_train_time
-                           < self._next_perturbation_sync)]
+                      if t.status in (Trial.PENDING, Trial.PAUSED) and t in self.population
+                      and (not self.synch or self.population[t].last_train_time
+                           < self.next_sync)]
         if not candidates:
             return None
-        return min(candidates, key=lambda t: (self._trial_state[t].last_train_time,
+        return min(candidates, key=lambda t: (self.population[t].last_train_time,
                                               self._reported.get(t.trial_id, 0)))
 
-    def _quantiles(self):
+    def quantiles(self):
         if self._group_by is None:
-            return super()._quantiles()
+            return super().quantiles()
         # synch PBT perturbs the whole population at once: every group's quantiles, not only
         # those of the group whose trial reported last
-        groups = ([self._group] if self._group is not None and not self._synch else
-                  list(dict.fromkeys(t.config.get(self._group_by) for t in self._trial_state)))
+        groups = ([self._group] if self._group is not None and not self.synch else
+                  list(dict.fromkeys(t.config.get(self._group_by) for t in self.population)))
         lower, upper = [], []
-        everyone = self._trial_state
+        everyone = self.population
         try:
             for group in groups:
-                self._trial_state = {t: s for t, s in everyone.items()
-                                     if t.config.get(self._group_by) == group}
-                low, high = super()._quantiles()
+                self.population = {t: s for t, s in everyone.items()
+                                   if t.config.get(self._group_by) == group}
+                low, high = super().quantiles()
                 lower, upper = lower + low, upper + high
         finally:
-            self._trial_state = everyone
+            self.population = everyone
         return lower, upper
 
-    def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
+    def checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
         if self._group_by is not None:           # donors only from the trial's own group
             group = trial.config.get(self._group_by)
             upper_quantile = [t for t in upper_quantile if t.config.get(self._group_by) == group]
             lower_quantile = [t for t in lower_quantile if t.config.get(self._group_by) == group]
-        return super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile,
-                                              lower_quantile)
+        # a diverged member (the worst score there is: see trainable.py) is never a donor, and
+        # goes to one at each of its perturbations, also when other diverged members took the
+        # lower quantile's places
+        healthy = [t for t in upper_quantile if not self._diverged(t)]
+        if healthy:
+            upper_quantile = healthy
+            if self._diverged(trial) and trial not in lower_quantile:
+                lower_quantile = [*lower_quantile, trial]
+        return super().checkpoint_or_exploit(trial, tune_controller, upper_quantile,
+                                             lower_quantile)
+
+    def _diverged(self, trial) -> bool:
+        return self.population[trial].last_score == -math.inf
 
     # Each learner's population mutates only the keys its learner has: a sweep over several
     # learners gives every trial every learner's keys, which the others' mutations must not touch.
 
-    def _exploit(self, tune_controller, trial, trial_to_clone):
+    def exploit(self, tune_controller, trial, trial_to_clone):
         # the new config is the donor's, explored: the donor's learner decides
-        everyone = self._hyperparam_mutations
-        self._hyperparam_mutations = learner_mutations(everyone, trial_to_clone.config)
+        everyone = self.mutations
+        self.mutations = learner_mutations(everyone, trial_to_clone.config)
         try:
-            return super()._exploit(tune_controller, trial, trial_to_clone)
+            return super().exploit(tune_controller, trial, trial_to_clone)
         finally:
-            self._hyperparam_mutations = everyone
+            self.mutations = everyone
 
-    def _get_new_config(self, trial, trial_to_clone):
-        new_config, operations = super()._get_new_config(trial, trial_to_clone)
+    def new_config(self, trial, trial_to_clone):
+        new_config, operations = super().new_config(trial, trial_to_clone)
         # PB2 explores every bounded key: another learner's keys keep the donor's values
         donor = trial_to_clone.config
         keys = learner_keys(donor.get("learner"))
@@ -130,26 +149,35 @@ class _GroupedExploit:
 
 def _checkpoint_iteration(trial) -> int:
     """The training iteration of the checkpoint a trial continues from (0: none)."""
-    latest = getattr(trial.run_metadata.checkpoint_manager, "latest_checkpoint_result", None)
-    metrics = getattr(latest, "metrics", None) or {}
+    metrics = getattr(latest_checkpoint_result(trial), "metrics", None) or {}
     return int(metrics.get("training_iteration", 0) or 0)
 
 
-class GroupedPBT(_GroupedExploit, PopulationBasedTraining):
+class GroupedPBT(_GroupedExploit, PBTHooks, PopulationBasedTraining):
     """PBT with per-group exploitation."""
 
     def on_trial_add(self, tune_controller, trial):
         # PBT samples each mutated key a trial's config lacks: only its own learner's keys
-        everyone = self._hyperparam_mutations
-        self._hyperparam_mutations = learner_mutations(everyone, trial.config)
+        everyone = self.mutations
+        self.mutations = learner_mutations(everyone, trial.config)
         try:
             return super().on_trial_add(tune_controller, trial)
         finally:
-            self._hyperparam_mutations = everyone
+            self.mutations = everyone
 
 
-class GroupedPB2(_GroupedExploit, PB2):
+class GroupedPB2(_GroupedExploit, PBTHooks, PB2):
     """PB2 (a GP-bandit explore over continuous bounds) with per-group exploitation."""
+
+    def save_trial_state(self, state, time, result, trial):
+        score = super().save_trial_state(state, time, result, trial)
+        # a diverged member reports the worst value (an infinite one) to be exploited: it says
+        # nothing about its hyperparameters, and one infinite reward would break the GP's fit
+        data = pb2_data(self)
+        finite = np.isfinite(data["Reward"].astype(float))
+        if not finite.all():
+            set_pb2_data(self, data[finite].reset_index(drop=True))
+        return score
 
 
 def build_scheduler(spec: SweepSpec):

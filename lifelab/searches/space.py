@@ -40,7 +40,24 @@ def param_space(spec: SweepSpec) -> dict:
         space["lifelab_seed_searched"] = True
     if spec.schedule:                  # a PBT schedule to replay (an evaluation sweep)
         space["lifelab_schedule"] = spec.schedule
+    if spec.search.scheduler in RESCUING:
+        space["lifelab_rescue"] = rescue(spec)
     return space
+
+
+# Schedulers that send a diverged trial to a healthy donor's checkpoint: under them the trainable
+# keeps a diverged trial running, reporting the worst value of the metric, instead of stopping it.
+RESCUING = ("pbt", "pb2")
+
+
+def rescue(spec: SweepSpec) -> dict:
+    """What a diverged trial needs to be rescued: the metric to report the worst value of, its
+    mode, and how many rounds to wait before it stops (PBT perturbs it within an interval, but
+    only once a donor has reached a perturbation of its own and saved a checkpoint there)."""
+    search = spec.search
+    return {"metric": search.metric, "mode": search.mode,
+            "patience": 4 * int(search.perturbation_interval) + 1,
+            "last_round": spec.stop.get("rounds")}     # Tune ends every trial there
 
 
 def mutations(spec: SweepSpec) -> dict:

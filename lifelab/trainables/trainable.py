@@ -8,9 +8,16 @@ One Tune iteration is one `step_round()`. Besides the learner's metrics, each re
   round_s          wall seconds of the round
   acc_rows         accuracy-matrix rows finished this round, of the test and the validation
                    matrix: [[trained_task, [acc per task], "test" | "val"], ...]
-  lifelab_events   population events seen by this trial (exploits), for the events table
+  lifelab_events   population events seen by this trial (exploits, divergences): events table
   lifelab_worker   on the first result of a trial: node, ray and torch versions
   lifelab_stop     why the trial stopped early (a NaN or infinite train_loss); it ends with `done`
+
+A trial whose train_loss becomes NaN or infinite has diverged (an event of kind "diverged"). Under
+a scheduler that cannot rescue it (FIFO, ASHA, ...) it stops. Under PBT/PB2 (`lifelab_rescue` in
+its config: the search metric, its mode, the rounds to wait) it keeps running without training
+its broken weights, reporting the worst value of the metric, so that PBT sends it to a healthy
+donor's checkpoint at its next perturbation; from there it trains again. Not rescued in time, it
+stops.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from lifelab.platform.data import Dataset
 from lifelab.trainables.registry import learner_class
 
 CHECKPOINT_FILE = "learner.pt"
+MAX_PACE_S = 10.0          # the longest a diverged trial's round waits for its rescue
 
 
 def trial_seed(config: dict, trial_id: str) -> int:
@@ -68,6 +76,8 @@ class LearnerTrainable(tune.Trainable):
         self._rows_sent = {"test": 0, "val": 0}
         self._events: list[dict] = []
         self._worker_sent = False
+        self._rescue = config.get("lifelab_rescue")
+        self._diverged: dict | None = None          # {"round", "reason"} while awaiting rescue
 
     def _make_learner(self, config: dict) -> None:
         cls = self._learners.get(config["learner"]) or learner_class(config["learner"])
@@ -103,6 +113,8 @@ class LearnerTrainable(tune.Trainable):
         return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
     def step(self) -> dict:
+        if self._diverged is not None:
+            return self._finish(self._awaiting_rescue())
         if self._schedule:
             scheduled = self._config_at(self.iteration + 1)
             if scheduled != self._learner_config:
@@ -112,14 +124,15 @@ class LearnerTrainable(tune.Trainable):
         result: dict = {**metrics, "round_s": time.perf_counter() - start}
         loss = metrics.get("train_loss", 0.0)
         if not math.isfinite(loss):
-            # a diverged trial stops (it would not recover); the population goes on without it
-            result["lifelab_stop"] = (f"train_loss became {loss} at round {self.iteration + 1}: "
-                                      "lower the learning rate")
+            self._diverge(result, loss)
         new_rows = [[i, rows[i], split] for split, rows in self._matrices()
                     for i in range(self._rows_sent[split], len(rows))]
         if new_rows:
             result["acc_rows"] = new_rows
             self._rows_sent = {split: len(rows) for split, rows in self._matrices()}
+        return self._finish(result)
+
+    def _finish(self, result: dict) -> dict:
         if self._events:
             result["lifelab_events"], self._events = self._events, []
         if not self._worker_sent:
@@ -130,9 +143,43 @@ class LearnerTrainable(tune.Trainable):
         result["done"] = self.learner.done or "lifelab_stop" in result
         return result
 
+    def _diverge(self, result: dict, loss: float) -> None:
+        at = self.iteration + 1
+        reason = f"train_loss became {loss} at round {at}: lower the learning rate"
+        self._events.append({"kind": "diverged", "donor": "", "iteration": at,
+                             "old_config": dict(self.config), "new_config": dict(self.config)})
+        if self._rescue and not self.learner.done and not self._last_round(at):
+            self._diverged = {"round": at, "reason": reason,
+                              "pace": min(float(result["round_s"]), MAX_PACE_S)}
+            result[self._rescue["metric"]] = self._worst()
+        else:                  # it would not recover; the population goes on without it
+            result["lifelab_stop"] = reason
+
+    def _awaiting_rescue(self) -> dict:
+        """A round of a diverged member: no training on its broken weights, the worst value of
+        the metric (PBT's bottom quantile, whichever the mode), until PBT sends it to a donor."""
+        # as long as a trained round: it keeps in step with its population instead of racing
+        # through its patience before any donor reached a perturbation
+        time.sleep(float(self._diverged.get("pace", 0.0)))
+        result = {self._rescue["metric"]: self._worst(), "round_s": 0.0}
+        patience, at = int(self._rescue["patience"]), self.iteration + 1
+        if at - self._diverged["round"] >= patience or self._last_round(at):
+            result["lifelab_stop"] = (f"{self._diverged['reason']} (no healthy member took it "
+                                      f"over by round {at})")
+        return result
+
+    def _last_round(self, at: int) -> bool:
+        """The sweep's last round (stop.rounds): Tune ends the trial after it."""
+        last = self._rescue.get("last_round")
+        return last is not None and at >= int(last)
+
+    def _worst(self) -> float:
+        return -math.inf if self._rescue["mode"] == "max" else math.inf
+
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         torch.save({"learner": self.learner.state_dict(), "config": self._learner_config,
-                    "trial_id": self.trial_id, "iteration": self.iteration},
+                    "trial_id": self.trial_id, "iteration": self.iteration,
+                    "diverged": self._diverged},
                    os.path.join(checkpoint_dir, CHECKPOINT_FILE))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
@@ -147,6 +194,7 @@ class LearnerTrainable(tune.Trainable):
             self._make_learner(self._config_at(int(saved["iteration"])))
         self._continue(saved["learner"], old_config)
         self._rows_sent = {split: len(rows) for split, rows in self._matrices()}
+        self._diverged = saved.get("diverged")      # a healthy donor's state: trains again
         if saved["trial_id"] != self.trial_id:
             self._events.append({"kind": "exploit", "donor": saved["trial_id"],
                                  "iteration": saved["iteration"], "old_config": old_config,

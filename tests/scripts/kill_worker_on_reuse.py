@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import ray
+from killpoints import results_recorded
 from ray.tune.execution.tune_controller import TuneController
 
 from lifelab import cli
@@ -20,10 +21,6 @@ from lifelab import cli
 kill_after = int(os.environ["LIFELAB_TEST_KILL_AFTER"])
 marker = Path(os.environ["LIFELAB_TEST_KILL_MARKER"])
 schedule_reset = TuneController._schedule_trial_reset
-
-
-def results_recorded(sweep: Path) -> int:
-    return sum(1 for _ in (sweep / "results" / "metrics").glob("part-*"))
 
 
 def kill_then_reset(self, trial, config, tag):

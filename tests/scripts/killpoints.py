@@ -17,3 +17,19 @@ def state_refers_to_checkpoints(sweep: Path) -> bool:
         return states[0].stat().st_mtime > max(oldest)
     except FileNotFoundError:          # deleted meanwhile: look again
         return False
+
+
+def results_recorded(sweep: Path) -> int:
+    """Results the store holds so far: (trial, iteration, run) triples of its metrics table (the
+    driver writes them in batches, merging parts, so count rows, not files)."""
+    import pandas as pd
+
+    try:
+        parts = [pd.read_parquet(p, columns=["trial_id", "iteration", "name", "run"])
+                 for p in (sweep / "results" / "metrics").glob("part-*.parquet")]
+    except (OSError, ValueError):        # a part merged away meanwhile: count again later
+        return 0
+    if not parts:
+        return 0
+    rows = pd.concat(parts)
+    return len(rows[rows.name == "round_s"].drop_duplicates(["trial_id", "iteration", "run"]))

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "sweep": "lifelab.api", "resume": "lifelab.api", "load": "lifelab.api",
-    "evaluate": "lifelab.api",
+    "evaluate": "lifelab.api", "compare_searches": "lifelab.api",
     "Learner": "lifelab.learners.contract", "Param": "lifelab.learners.contract",
     "Evaluation": "lifelab.learners.contract",
     "ContinualLearner": "lifelab.learners.base",

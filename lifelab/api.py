@@ -6,6 +6,7 @@
     tables.leaderboard()
     lifelab.resume("sweeps/try"); lifelab.load("sweeps/try")
     lifelab.evaluate("sweeps/try", seeds=3)     # the selection re-run on fresh seeds
+    lifelab.compare_searches("spec.yaml", budget=40, searches="random,pbt")   # equal compute
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING
 from lifelab.errors import LifelabError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from lifelab.analysis.sweep import Sweep as SweepTables
 
 #: seconds between progress tables by default
@@ -39,25 +42,47 @@ def sweep(spec: dict | str | os.PathLike, *, name: str | None = None,
     the trials that errored (their rows are in the tables all the same).
     """
     from lifelab.searches.launch import run_sweep
-    from lifelab.searches.spec import load_spec, spec_from_dict
 
-    if isinstance(spec, dict):
-        data = {**spec, **({"name": name} if name is not None else {})}
-        if samples is not None:
-            data["search"] = {**(data.get("search") or {}), "samples": samples}
-        resolved = spec_from_dict(data)
-    elif isinstance(spec, (str, os.PathLike)):
-        resolved = load_spec(str(Path(spec)) if isinstance(spec, os.PathLike) else spec,
-                             name=name, samples=samples)
-    else:
-        raise LifelabError(f"spec must be a dict, a preset name or a YAML path, got "
-                           f"{type(spec).__name__}")
+    resolved = _resolve(spec, name, samples)
     sweep_uri, results = run_sweep(resolved, storage=storage, address=address,
                                    progress_s=progress, verbose=verbose)
     tables = _tables_or_error(sweep_uri, results)
     if resolved.final:                 # the spec asks for the independent-seed evaluation too
         evaluate(sweep_uri, seeds=resolved.final["seeds"], address=address, progress=progress)
     return tables
+
+
+def _resolve(spec: dict | str | os.PathLike, name: str | None, samples: int | None):
+    from lifelab.searches.spec import load_spec, spec_from_dict
+
+    if isinstance(spec, dict):
+        data = {**spec, **({"name": name} if name is not None else {})}
+        if samples is not None:
+            data["search"] = {**(data.get("search") or {}), "samples": samples}
+        return spec_from_dict(data)
+    if isinstance(spec, (str, os.PathLike)):
+        return load_spec(str(Path(spec)) if isinstance(spec, os.PathLike) else spec,
+                         name=name, samples=samples)
+    raise LifelabError(f"spec must be a dict, a preset name or a YAML path, got "
+                       f"{type(spec).__name__}")
+
+
+def compare_searches(spec: dict | str | os.PathLike, *, budget: int, repeats: int = 3,
+                     searches: str | list[str] = "random,asha,pbt", name: str | None = None,
+                     storage: str | None = None, address: str | None = None,
+                     progress: float = 0.0) -> pd.DataFrame:
+    """Search strategies on one spec at equal compute (`lifelab compare-searches`): each of
+    `searches` (default, random, asha, optuna, pbt, pbt-arch, pb2) run `repeats` times, each
+    time its own seed, with `budget` trial-rounds; selected on the spec's validation metric.
+    The sweeps, report.html, figures/searches.png and searches.csv go to
+    <storage>/<name>-searches. Returns the table: per search, the selected results'
+    validation and test metric as mean and SEM over the repetitions, and the compute spent."""
+    from lifelab.searches.compare import parse_searches, run_comparison, write_outputs
+
+    resolved = _resolve(spec, name, None)
+    root, outcomes = run_comparison(resolved, parse_searches(searches), budget, repeats,
+                                    storage=storage, address=address, progress_s=progress)
+    return write_outputs(root, outcomes, budget, resolved)[2]
 
 
 def resume(sweep_dir: str | os.PathLike, *, address: str | None = None) -> SweepTables:

@@ -75,6 +75,25 @@ def _evaluate(search_uri: str, seeds: int, name: str | None, address: str | None
     return code
 
 
+def cmd_compare_searches(args: argparse.Namespace) -> int:
+    from lifelab.searches.compare import run_comparison, write_outputs
+    from lifelab.searches.spec import load_spec
+
+    spec = load_spec(args.spec)
+    root, outcomes = run_comparison(spec, args.searches, args.budget, args.repeats,
+                                    storage=args.storage, address=args.address,
+                                    progress_s=args.progress)
+    path, text, _ = write_outputs(root, outcomes, args.budget, spec)
+    print(f"\n{spec.name}: {len(args.searches)} searches x {args.repeats} repetitions, "
+          f"{args.budget} trial-rounds each")
+    print(text)
+    print(f"\nreport: {path}")
+    errored = [f"{o.sweep_uri} ({o.errored})" for o in outcomes if o.errored]
+    if errored:           # their finished rounds count; `lifelab status` says why
+        print(f"trials errored in: {', '.join(errored)}")
+    return 1 if errored else 0
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from lifelab.searches.launch import resume_sweep
 
@@ -183,6 +202,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _searches(text: str) -> list[str]:
+    from lifelab.searches.compare import parse_searches
+
+    try:
+        return parse_searches(text)
+    except LifelabError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         """Usage mistakes too get one line and exit code 2."""
@@ -251,6 +289,24 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--progress", type=_seconds, default=10.0, metavar="SECONDS",
                           help="seconds between progress tables (0: none; default 10)")
     evaluate.set_defaults(command=cmd_evaluate)
+
+    searches = sub.add_parser("compare-searches", help="search strategies on one spec at equal "
+                              "compute: repeated independent searches, selected on validation, "
+                              "the selection's test metric as mean ± SEM")
+    searches.add_argument("spec", help="a preset name or a YAML spec file (needs stop.rounds)")
+    searches.add_argument("--budget", type=_count, required=True, metavar="N",
+                          help="trial-rounds (trials x rounds) each search may spend")
+    searches.add_argument("--repeats", type=_count, default=3, metavar="K",
+                          help="independent searches per strategy, each its own seed (default 3)")
+    searches.add_argument("--searches", type=_searches, default="random,asha,pbt",
+                          help="comma-separated: default, random, asha, optuna, pbt, pbt-arch, "
+                          "pb2 (default: random,asha,pbt)")
+    searches.add_argument("--storage", help="where the sweeps go, under <storage>/<name>-searches "
+                          "(default: $LIFELAB_STORAGE or ./lifelab-sweeps)")
+    searches.add_argument("--address", help="Ray cluster address (default: local)")
+    searches.add_argument("--progress", type=_seconds, default=0.0, metavar="SECONDS",
+                          help="seconds between progress tables (default 0: none)")
+    searches.set_defaults(command=cmd_compare_searches)
 
     listing = sub.add_parser("list", help="learners and presets, or one learner's config keys")
     listing.add_argument("learner", nargs="?", help="a learner name or 'module:Class'")

@@ -39,6 +39,7 @@ def lifelab_lines(sweep: Path) -> list[re.Pattern]:
         r"\s*trial\s+status\s+round\s+val_acc_avg.*",
         rf"\s*{TRIAL}\s+(PENDING|RUNNING|PAUSED|TERMINATED)\s+\d+\s.*",
         r"\d+ checkpoints on storage \(\d+\.\d MB\); driver memory peak \d+ MB",
+        r"rounds \d+/\d+ \(\d+%\)(, about \d+ (s|min) left)?",
         r"sweep finished: 2 trials, 0 errored",
         rf"results: {where}/results  \(tables: .*\)",
         r"read them with pandas:",

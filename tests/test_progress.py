@@ -99,7 +99,7 @@ def test_progress_table_ranks_by_the_end_of_stream_value_with_the_test_twin_besi
     assert lines[0].startswith("two: 3 trials (3 running), val_acc_avg (max), acc_avg beside it")
     assert lines[1].split() == ["trial", "status", "round", "val_acc_avg", "acc_avg", "learner",
                                 "lr", "l2_lambda"]
-    rows = [line.split() for line in lines[2:-1]]        # the last line: the footprint
+    rows = [line.split() for line in lines[2:-2]]        # below: the pace, the footprint
     assert [r[0] for r in rows] == ["b", "c", "a"]
     assert [r[3:5] for r in rows] == [["0.7000", "0.6000"], ["0.6500", "0.5500"],
                                       ["0.5000", "0.4000"]]
@@ -117,8 +117,9 @@ def test_progress_table_keeps_best_so_far_for_a_metric_without_twins():
     play(callback, trials, curves, twin_offset=None)
     lines = callback.table(trials).strip().splitlines()
     assert lines[1].split()[3:] == ["loss_ratio_adam", "best", "loss_ratio_adam"]
-    assert [line.split()[:5] for line in lines[2:-1]] == [
+    assert [line.split()[:5] for line in lines[2:-2]] == [
         ["x", "RUNNING", "3", "0.8000", "0.5000"], ["y", "RUNNING", "3", "0.6000", "0.6000"]]
+    assert lines[-2] == "rounds 6 done"                    # no stop.rounds: no total to show
 
 
 def test_a_trial_stopped_for_divergence_shows_diverged_not_terminated():
@@ -200,5 +201,14 @@ def test_a_big_population_shows_its_best_and_what_the_sweep_keeps():
     lines = callback.table(trials).strip().splitlines()
     assert [line.split()[0] for line in lines[2:2 + SHOWN_TRIALS]] == [
         f"t{i:02d}" for i in range(n - 1, 4, -1)]                  # the best first
-    assert lines[-2] == "... and 5 more trials (lifelab status SWEEP_DIR lists them all)"
+    assert lines[-3] == "... and 5 more trials (lifelab status SWEEP_DIR lists them all)"
+    assert lines[-2] == f"rounds {3 * n}/{3 * n} (100%)"
     assert lines[-1].startswith("4 checkpoints on storage (1.5 MB); driver memory peak ")
+
+
+def test_the_pace_line_counts_rounds_and_estimates_the_time_left(monkeypatch):
+    callback = ProgressCallback(two_learner_spec())          # 4 samples x 3 rounds
+    clock = iter([100.0, 130.0])
+    monkeypatch.setattr("lifelab.searches.progress.time.monotonic", lambda: next(clock))
+    assert callback.pace(2, 4) == "rounds 2/12 (17%)"
+    assert callback.pace(5, 4) == "rounds 5/12 (42%), about 70 s left"   # 3 rounds in 30 s

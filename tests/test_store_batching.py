@@ -135,3 +135,24 @@ def test_tune_saves_its_state_less_often_for_big_sweeps_and_on_object_storage(mo
         monkeypatch.setenv("LIFELAB_STATE_PERIOD_S", bad)
         with pytest.raises(ConfigError, match="LIFELAB_STATE_PERIOD_S"):
             state_period_s(4)
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_status_and_report_of_a_sweep_with_a_damaged_part_warn_in_one_line(tmp_path, capsys,
+                                                                        command):
+    from lifelab import cli
+
+    (tmp_path / SPEC_FILE).write_text(yaml.safe_dump({"name": "s", "search": {}}))
+    writer = StoreWriter(ResultStore(str(tmp_path), run=1))
+    writer.add("metrics", metric_rows("a", [1, 2]))
+    writer.add("trials", [{"sweep": "s", "trial_id": "a", "learner": "finetune",
+                           "status": "TERMINATED", "config_json": "{}"}])
+    writer.flush()
+    bad = tmp_path / "results" / "metrics" / "part-0-cut.parquet"
+    bad.write_bytes(b"PAR1 cut short")
+    args = [command, str(tmp_path)] + (["--out", str(tmp_path / "report")]
+                                       if command == "report" else [])
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "delete the file" in err[0]
+    assert bad.exists()

@@ -11,8 +11,9 @@ A continual-learning metric shows its last reported value: its value at the end 
 the trial finished (its best round would be the first task's accuracy, which says nothing). Any
 other metric (one without a `val_` twin, e.g. a learner's own loss ratio, a fresh evaluation of
 the current state each round, each round checkpointed) also shows its best so far, and ranks by it.
-A big population shows its best SHOWN_TRIALS; a last line says how many checkpoints (and MB) the
-sweep keeps on storage and the driver's peak memory.
+A big population shows its best SHOWN_TRIALS. Below the table: the rounds done of the sweep's
+total with the time left at the pace so far, and how many checkpoints (and MB) the sweep keeps on
+storage with the driver's peak memory.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class ProgressCallback(tune.Callback):
                  storage=None):
         self.name = spec.name
         self.storage = storage       # has summary(): what the sweep keeps on storage
+        self.rounds, self.samples = spec.stop.get("rounds"), spec.search.samples
+        self.first_seen: tuple[float, int] | None = None      # (time, rounds done) then
         self.metric, self.mode = spec.search.metric, spec.search.mode
         self.twin = twin(self.metric)        # None: no twin, or one recognised from results
         self.cl = is_cl_metric(self.metric)
@@ -65,7 +68,8 @@ class ProgressCallback(tune.Callback):
 
     def __getstate__(self) -> dict:
         # pickled with the experiment; a resumed sweep fills these from the trials' new results
-        return {**self.__dict__, "best": {}, "last": {}, "twin_last": {}, "storage": None}
+        return {**self.__dict__, "best": {}, "last": {}, "twin_last": {}, "storage": None,
+                "first_seen": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if not self.cl and twin(self.metric, result):       # e.g. a learner's own metric
@@ -118,7 +122,23 @@ class ProgressCallback(tune.Callback):
                                                   float_format=lambda v: f"{v:.4f}")
         if more > 0:
             body += f"\n... and {more} more trials (lifelab status SWEEP_DIR lists them all)"
-        return f"\n{head}\n{body}\n{self.footprint()}"
+        pace = self.pace(int(frame["round"].sum()), len(frame))
+        return "\n".join(["", head, body, pace, self.footprint()])
+
+    def pace(self, done: int, trials: int) -> str:
+        """One line: rounds done of the sweep's total, and at this pace the time left."""
+        if not self.rounds:               # until every learner is done: no total known
+            return f"rounds {done} done"
+        total = max(trials, self.samples) * self.rounds
+        now = time.monotonic()
+        if self.first_seen is None:
+            self.first_seen = (now, done)
+        since, done_then = self.first_seen
+        line = f"rounds {done}/{total} ({100 * done / total:.0f}%)"
+        if done > done_then and done < total:
+            left = (now - since) / (done - done_then) * (total - done)
+            line += f", about {_duration(left)} left"
+        return line
 
     def footprint(self) -> str:
         """One line: what the sweep keeps on storage, and the driver's memory."""
@@ -138,6 +158,12 @@ def status(trial) -> str:
     if trial.status == "TERMINATED" and "lifelab_stop" in (trial.last_result or {}):
         return "DIVERGED"
     return trial.status
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _finite(value) -> bool:

@@ -48,14 +48,10 @@ class CheckpointRetention(tune.Callback):
     def __init__(self, scheduler=None, resumed: bool = False):
         self.scheduler = scheduler
         self.resumed = resumed
-        self._reset()
-
-    def _reset(self) -> None:
         self.trials: list = []
         self.saved: deque[set[str]] = deque(maxlen=PINNED_SAVES)
         self.dirty: set = set()            # trials that registered a checkpoint since a prune
         self.last_prune = time.monotonic()
-        self.deleted = 0
         self.sizes: dict[str, int] = {}     # live checkpoint dir -> bytes
 
     def __getstate__(self) -> dict:
@@ -138,7 +134,6 @@ class CheckpointRetention(tune.Callback):
         except FileNotFoundError:
             pass                       # deleted before a crash; the restored state still named it
         self.sizes.pop(path, None)
-        self.deleted += 1
 
     def _latest(self, trials) -> set[str]:
         return {path for t in trials if (path := _path(t.checkpoint)) is not None}

@@ -52,6 +52,8 @@ def meta_train(name: str, args) -> tuple[Teacher, dict]:
               "meta_steps_per_round": 10, "meta_steps": args.meta_steps + 1,
               "eval_every": 10**6, "seed": args.seed}
     learner = Teacher(config)
+    # the table's students are held out: no meta-training student may get one of their seeds
+    learner.reserved |= {BENCH_SEED + i for i in range(args.students)}
     start = time.perf_counter()
     for _ in range(args.meta_steps // 10):
         metrics = learner.step_round()

@@ -9,11 +9,12 @@ import pytest
 import torch
 from outcomes import mean, over_seeds, shown
 
+from lifelab.analysis.ceilings import bayes_curve, ideal_curve
 from lifelab.errors import ConfigError
 from lifelab.learners.lifelong_lstm import LifelongLSTM, recovery_steps
 from lifelab.platform.data import load_dataset
-from lifelab.platform.episodes import EpisodeConfig, EpisodeSampler, bayes_curve, ideal_curve
-from lifelab.platform.streams import StreamConfig, build_stream
+from lifelab.platform.episodes import EpisodeConfig, EpisodeSampler
+from lifelab.platform.streams import StreamConfig, hold_out, stream_config
 from lifelab.searches.spec import load_spec, spec_from_dict
 
 GROUPS = [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
@@ -78,19 +79,22 @@ def test_switch_changes_every_answer_from_the_switch_round_on(mnist):
 ])
 def test_bad_episode_stream_is_one_line_config_error_naming_the_key(bad, key):
     with pytest.raises(ConfigError) as err:
-        StreamConfig.from_dict({"kind": "trial_and_error", **bad})
+        stream_config({"kind": "trial_and_error", **bad})
     assert str(err.value).startswith(key) and "\n" not in str(err.value)
 
 
 def test_groups_beyond_the_dataset_labels_are_rejected(mnist):
-    with pytest.raises(ConfigError, match="names label 12 .* fix stream.groups"):
-        EpisodeSampler(EpisodeConfig(groups=((0, 12),)), mnist)
+    config = stream_config({"kind": "trial_and_error", "groups": [[0, 12]]})
+    for refuse in (config.check_dataset, lambda data: EpisodeSampler(config, data)):
+        with pytest.raises(ConfigError, match="names label 12 .* fix stream.groups"):
+            refuse(mnist)                             # the driver's check, and the sampler
 
 
 def test_a_continual_learner_cannot_use_an_episode_stream(mnist):
-    config = StreamConfig.from_dict({"kind": "trial_and_error"})
-    with pytest.raises(ConfigError, match="gives episodes, not tasks"):
-        build_stream(config, mnist)
+    assert isinstance(stream_config({"kind": "trial_and_error"}), EpisodeConfig)
+    with pytest.raises(ConfigError, match="learns from a task stream, not stream.kind "
+                                          "trial_and_error: use one of permuted"):
+        StreamConfig.from_dict({"kind": "trial_and_error"})
     spec = {"learner": "hnet", "stream": {"kind": "trial_and_error"}}
     with pytest.raises(ConfigError, match="learner 'hnet' learns from a task stream"):
         spec_from_dict(spec)                          # caught before any trial starts
@@ -228,8 +232,8 @@ def test_ceiling_chance_and_first_presentation_with_one_try():
 # -- the learner --------------------------------------------------------------------------------
 
 def test_bad_learner_config_is_one_line_config_error_naming_the_fix():
-    cases = [({"inner_steps": -1}, "inner_steps' must be >= 0"),
-             ({"fast_weights": "no"}, "fast_weights' must be bool"),
+    cases = [({"inner_steps": -1}, "inner_steps' must be an integer between 0 and 20"),
+             ({"fast_weights": "no"}, "fast_weights' must be true or false"),
              ({"inner_grad": "adam"}, "use one of closed_form, torch_func"),
              ({"lr_meta": 1.0}, "'lr_meta' is not a config key of learner 'lifelong_lstm'"),
              ({"stream": {"kind": "permuted"}}, "needs stream.kind trial_and_error"),
@@ -243,8 +247,9 @@ def test_bad_learner_config_is_one_line_config_error_naming_the_fix():
 def test_a_round_reports_the_documented_metrics(mnist):
     learner = LifelongLSTM({**TINY, "rounds": 2}, data=mnist)
     metrics = learner.step_round()
-    expected = {"acc_first_try", "acc_presentation_1", "acc_presentation_2", "acc_early",
-                "mean_tries", "improvement", "train_loss"}
+    scored = {"acc_first_try", "acc_presentation_1", "acc_presentation_2", "acc_early",
+              "mean_tries", "improvement"}
+    expected = {*scored, *(f"val_{name}" for name in scored), "train_loss"}
     assert set(metrics) == expected and set(metrics) <= set(LifelongLSTM.metrics)
     assert 0 <= metrics["acc_first_try"] <= 1 and 1 <= metrics["mean_tries"] <= 3
     assert learner.rows == [] and not learner.done
@@ -356,10 +361,10 @@ def test_trainable_drives_the_learner_and_spec_validates(ray_session, tmp_path):
     assert wider.train()["done"]
     torch.set_num_threads(threads)
     spec = load_spec("lifelong-lstm-pbt")
-    assert spec.learner_names() == ["lifelong_lstm"] and spec.search.metric == "acc_early"
+    assert spec.learner_names() == ["lifelong_lstm"] and spec.search.metric == "val_acc_early"
     assert {"b_size", "c_size"} <= set(spec.search.mutations)
     spec_from_dict({"learner": "lifelong_lstm", "stream": {"kind": "trial_and_error"},
-                    "search": {"scheduler": "pbt", "metric": "acc_early",
+                    "search": {"scheduler": "pbt", "metric": "val_acc_early",
                                "mutations": {"b_size": [8, 16]}},
                     "stop": {"rounds": 2}})            # adaptable: the spec validates
 
@@ -403,3 +408,81 @@ def test_narrowing_keeps_units_and_trains_and_unadaptable_keys_are_config_errors
             LifelongLSTM(TINY, data=mnist).adapt(LifelongLSTM({**TINY, **old}, data=mnist)
                                                  .state_dict(), {**TINY, **old})
         assert "\n" not in str(err.value)
+
+
+# -- validation episodes: selected on, disjoint from training and test ------------------------
+
+def run_rounds(config: dict, data, rounds: int = 2) -> tuple[LifelongLSTM, list[dict]]:
+    learner = LifelongLSTM({**config, "rounds": rounds}, data=data)
+    return learner, [learner.step_round() for _ in range(rounds)]
+
+
+def held_out_indices(data, seed: int = 0) -> torch.Tensor:
+    """The training images the learner holds out for validation (stream.validation 0.1)."""
+    return hold_out(torch.arange(len(data.y_train)), data.y_train, 0.1, seed)[2]
+
+
+SWITCHING = {**TINY, "stream": {**TINY["stream"], "switch_at": 2}}
+
+
+def test_validation_episodes_are_their_own_draws_of_their_own_images(mnist):
+    learner, metrics = run_rounds(SWITCHING, mnist, rounds=1)
+    val, test = learner.val_set, learner.eval_set
+    assert val.batch == learner.config["val_episodes"]
+    # another generator: other answers and orders, not the test episodes on other images
+    assert not torch.equal(val.answer, test.answer) and not torch.equal(val.label, test.label)
+    def images(x):
+        return {row.numpy().tobytes() for row in x.reshape(-1, x.shape[-1])}
+
+    held = images(mnist.x_train[held_out_indices(mnist)])
+    assert images(val.x) <= held                      # only held-out images ...
+    assert not images(learner.train_sampler.x) & held  # ... which training never shows
+    assert "val_recovery_steps" in metrics[0]
+    assert any(metrics[0][f"val_{k}"] != metrics[0][k] for k in ("acc_first_try", "improvement"))
+
+
+def test_a_poisoned_test_split_leaves_training_and_validation_bit_for_bit(mnist):
+    clean_learner, clean = run_rounds(SWITCHING, mnist)
+    poisoned = dataclasses.replace(mnist, x_test=1 - mnist.x_test,
+                                   y_test=torch.roll(mnist.y_test, 1))
+    dirty_learner, dirty = run_rounds(SWITCHING, poisoned)
+    for a, b in zip(clean, dirty, strict=True):
+        kept = [k for k in a if k.startswith("val_") or k == "train_loss"]
+        assert len(kept) > 5 and {k: a[k] for k in kept} == {k: b[k] for k in kept}
+    assert clean[-1]["improvement"] != dirty[-1]["improvement"]
+    for p, q in zip(clean_learner.model.parameters(), dirty_learner.model.parameters(),
+                    strict=True):
+        assert torch.equal(p, q)
+
+
+def test_no_training_episode_shows_a_validation_image(mnist):
+    _, clean = run_rounds(SWITCHING, mnist)
+    held = held_out_indices(mnist)
+    x = mnist.x_train.clone()
+    x[held] = 1 - x[held]
+    _, dirty = run_rounds(SWITCHING, dataclasses.replace(mnist, x_train=x))
+    for a, b in zip(clean, dirty, strict=True):
+        assert {k: v for k, v in a.items() if not k.startswith("val_")} == \
+            {k: v for k, v in b.items() if not k.startswith("val_")}
+    assert clean[-1]["val_improvement"] != dirty[-1]["val_improvement"]
+
+
+def test_without_a_validation_split_there_are_no_validation_metrics(mnist):
+    config = {**TINY, "stream": {**TINY["stream"], "validation": 0}}
+    learner, metrics = run_rounds(config, mnist, rounds=1)
+    assert "acc_early" in metrics[0] and not any(k.startswith("val_") for k in metrics[0])
+    with pytest.raises(ValueError, match="stream.validation is 0"):
+        learner.evaluate("val")
+
+
+def test_a_spec_selects_on_validation_episodes_unless_it_opts_into_test():
+    def spec(metric, stream=None, **search):
+        return {"learner": "lifelong_lstm", "stream": {"kind": "trial_and_error", **(stream or {})},
+                "search": {"metric": metric, "mode": "max", **search}}
+
+    with pytest.raises(ConfigError, match="select on 'val_acc_early'"):
+        spec_from_dict(spec("acc_early"))
+    assert spec_from_dict(spec("val_acc_early")).search.metric == "val_acc_early"
+    assert spec_from_dict(spec("acc_early", select_on_test=True)).search.select_on_test
+    with pytest.raises(ConfigError, match="stream.validation is 0"):
+        spec_from_dict(spec("val_acc_early", {"validation": 0}))

@@ -21,7 +21,7 @@ from lifelab.searches.spec import load_spec, spec_from_dict
     ({"student_depth": [2]}, ["'student_depth' must be [low, high]"]),
     ({"truncation": 50, "unroll_steps": 20}, ["'truncation' (50) must be <= unroll_steps (20)",
                                               "raise unroll_steps"]),
-    ({"truncation": 1}, ["'truncation' must be >= 2"]),
+    ({"truncation": 1}, ["'truncation' must be an integer >= 2"]),
     ({"meta_objective": "error"}, ["not differentiable", "meta_gradient: es"]),
     ({"meta_optimizer": "self", "features": "gradient_free"}, ["set features: gradient"]),
     ({"eval_dataset": "svhn"}, ["'eval_dataset' 'svhn' is unknown", "digits"]),
@@ -46,20 +46,25 @@ def test_a_spec_with_a_task_stream_names_the_stream_key():
 def test_the_teacher_pbt_preset_is_valid():
     spec = load_spec("teacher-pbt")
     assert spec.learner == "teacher" and spec.search.scheduler == "pbt"
-    assert spec.search.metric == "loss_ratio_adam" and spec.search.mode == "min"
+    assert spec.search.metric == "val_loss_ratio_adam" and spec.search.mode == "min"
     ladder = spec.search.mutations["teacher_hidden"]
     assert len(ladder) >= 3 and len({len(rung) for rung in ladder}) == 1
 
 
-# held-out loss after / before meta-training, and accuracy after it (chance is 0.1), seeds 0-11
-# with stream.seed = seed: gradient 0.13-0.42 (mean 0.22), accuracy 0.66-0.90 (mean 0.81), the
-# same at 2 threads; gradient_free 0.09-0.30 (mean 0.19), accuracy 0.82-0.92, at 2 threads
-# (seeds 0-5) 0.09-0.27, accuracy 0.79-0.92. Before the learner's fixes (docs/teacher.md):
-# gradient 0.06-0.76 (mean 0.32), gradient_free 0.15-1.80 (mean 0.66, worse on 2 seeds of 12).
-@pytest.mark.parametrize("features, floor, accuracy", [("gradient", 0.6, 0.75),
-                                                       ("gradient_free", 0.7, 0.8)])
-def test_bptt_meta_training_makes_the_teacher_train_held_out_students_better(features, floor,
-                                                                             accuracy):
+# held-out loss after / before meta-training, and accuracy after it (chance is 0.1), with
+# stream.seed = seed and the validation images held out of every student's training: gradient,
+# seeds 0-11, 0.10-0.29 (mean 0.19), accuracy 0.77-0.89 (mean 0.84); gradient_free, seeds 0-23,
+# 0.09-0.94 (mean 0.30, sd 0.21: the mean of three plus 3 standard errors 0.66), accuracy
+# 0.47-0.91 (mean 0.79, sd 0.10). Without the hold-out (stream.validation 0, the same students
+# trained on all images) gradient_free spreads as widely: seeds 12-23 0.11-0.98, accuracy
+# 0.11-0.92. Before the learner's fixes (docs/teacher.md): gradient 0.06-0.76 (mean 0.32),
+# gradient_free 0.15-1.80 (mean 0.66, worse on 2 seeds of 12).
+@pytest.mark.parametrize("features, worst, average, floor, accuracy", [
+    ("gradient", 0.5, 0.3, 0.6, 0.75),
+    ("gradient_free", 1.0, 0.7, 0.4, 0.6),
+])
+def test_bptt_meta_training_makes_the_teacher_train_held_out_students_better(
+        features, worst, average, floor, accuracy):
     def run(seed):
         learner = Teacher({**TINY, "features": features, "teacher_hidden": [16],
                            "meta_lr": 3e-2, "step_size": 0.03, "student_batch": 64,
@@ -78,7 +83,7 @@ def test_bptt_meta_training_makes_the_teacher_train_held_out_students_better(fea
         return after["loss_teacher"] / before["loss_teacher"], after["acc_teacher"]
 
     ratios, accuracies = zip(*over_seeds(run), strict=True)
-    assert max(ratios) < 0.5 and mean(ratios) < 0.3, shown(ratios)
+    assert max(ratios) < worst and mean(ratios) < average, shown(ratios)
     assert min(accuracies) > floor and mean(accuracies) > accuracy, shown(accuracies)
 
 

@@ -39,9 +39,14 @@ at every presentation (only the fast weights carry memory); `feedback: false` hi
 from B (guessing within the group).
 
 A round: `batches_per_round` meta-training batches of `batch_episodes` episodes each, then an
-evaluation on `eval_episodes` held-out episodes (test split, fixed by stream.seed, so every round
-of every trial is scored on the same episodes). `done` after `rounds` rounds. There is no
-accuracy matrix: `rows` stays empty; `evaluate()` returns the held-out metrics.
+evaluation on `val_episodes` validation episodes and `eval_episodes` test episodes, both fixed by
+stream.seed, so every round of every trial is scored on the same episodes. Each split has its own
+images and its own episode generator (lifelab.platform.episodes): training episodes show the
+training images but a `stream.validation` fraction of each class, held out with stream.seed;
+validation episodes show only those (metrics `val_<name>`: what searches select on); test
+episodes show the test split (reported, never used for a decision). `done` after `rounds`
+rounds. There is no accuracy matrix: `rows` stays empty; `evaluate()` returns the test metrics,
+`evaluate("val")` the validation ones.
 
 Config keys (default; `adapt` carries a checkpoint across hidden, b_size and c_size, for PBT):
   hidden              [128]  trunk hidden sizes (ReLU)
@@ -65,11 +70,13 @@ Config keys (default; `adapt` carries a checkpoint across hidden, b_size and c_s
   grad_clip           1.0    gradient-norm clip of the meta update (0 = none)
   batch_episodes      16     episodes per meta-training batch (processed in parallel)
   batches_per_round   10     meta-training batches per round
-  eval_episodes       64     held-out episodes scored after each round
+  eval_episodes       64     test episodes scored after each round
+  val_episodes        64     validation episodes scored after each round (stream.validation > 0)
   switch_fraction     0.5    share of training episodes that switch (needs stream.switch_at)
   rounds              50     the budget: done after this many rounds
 
-Metrics (held-out, fractions in [0, 1] unless said):
+Metrics (on the test episodes, and as val_<name> on the validation episodes; fractions in
+[0, 1] unless said):
   acc_first_try           first-try accuracy over every presentation of the episodes
   acc_presentation_k      first-try accuracy at the k-th presentation of a class (k = 1..P)
   acc_early               mean of acc_presentation_2..5 (those that exist)
@@ -99,7 +106,19 @@ from lifelab.learners.contract import (
     same_layer_count,
 )
 from lifelab.platform.data import Dataset, load_stream_dataset
-from lifelab.platform.episodes import MAX_PRESENTATIONS, EpisodeConfig, Episodes, EpisodeSampler
+from lifelab.platform.episodes import (
+    MAX_PRESENTATIONS,
+    EpisodeConfig,
+    Episodes,
+    EpisodeSampler,
+    split_seed,
+)
+from lifelab.platform.streams import hold_out
+
+#: what an evaluation reports, on the test episodes as named and on validation ones as val_<name>
+EPISODE_METRICS = ("acc_first_try", *(f"acc_presentation_{k}"
+                                      for k in range(1, MAX_PRESENTATIONS + 1)),
+                   "acc_early", "mean_tries", "improvement", "recovery_steps")
 
 
 class TypesABC(nn.Module):
@@ -155,14 +174,15 @@ class LifelongLSTM(Learner):
         "grad_clip": Param(1.0, float, low=0.0, doc="meta gradient-norm clip (0 = none)"),
         "batch_episodes": Param(16, int, positive=True, doc="episodes per meta batch"),
         "batches_per_round": Param(10, int, positive=True, doc="meta batches per round"),
-        "eval_episodes": Param(64, int, positive=True, doc="held-out episodes per evaluation"),
+        "eval_episodes": Param(64, int, positive=True, doc="test episodes per evaluation"),
+        "val_episodes": Param(64, int, positive=True,
+                              doc="validation episodes per evaluation (selection)"),
         "switch_fraction": Param(0.5, float, low=0.0, high=1.0,
                                  doc="share of training episodes that switch"),
         "rounds": Param(50, int, positive=True, doc="rounds until done"),
     }
-    metrics: tuple[str, ...] = (
-        "acc_first_try", *(f"acc_presentation_{k}" for k in range(1, MAX_PRESENTATIONS + 1)),
-        "acc_early", "mean_tries", "improvement", "recovery_steps", "train_loss")
+    metrics: tuple[str, ...] = (*EPISODE_METRICS, *(f"val_{m}" for m in EPISODE_METRICS),
+                                "train_loss")
     architecture_keys: tuple[str, ...] = ("hidden", "feature_size", "b_size", "c_size")
     adaptable_keys: tuple[str, ...] = ("hidden", "b_size", "c_size")
     layer_keys = ("hidden",)
@@ -180,7 +200,10 @@ class LifelongLSTM(Learner):
         stream: EpisodeConfig = self.config["stream"]
         data = data if data is not None else load_stream_dataset(stream)
         self.stream = stream
-        self.train_sampler = EpisodeSampler(stream, data, "train")
+        # the validation images: held out of training by stream.seed (as a task stream's are)
+        ids = torch.arange(len(data.y_train))
+        train_ids, _, val_ids, _ = hold_out(ids, data.y_train, stream.validation, stream.seed)
+        self.train_sampler = EpisodeSampler(stream, data, "train", indices=train_ids)
         self.answers = len(stream.classes)
         # label -> answer index (position in stream.classes); group index -> its answers
         self.answer_index = torch.full((data.num_classes,), -1, dtype=torch.long)
@@ -194,17 +217,28 @@ class LifelongLSTM(Learner):
             torch.manual_seed(self.config["seed"])
             self.model = TypesABC(data.input_dim, self.answers, len(stream.groups),
                                   self.config).to(self.device)
-            self.model.pixel_mean.copy_(data.flat().x_train.mean(dim=0))
+            self.model.pixel_mean.copy_(self.train_sampler.x.mean(dim=0))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config["lr"])
-        self.generator = torch.Generator().manual_seed(self.config["seed"])
-        # held-out episodes: fixed by stream.seed, the same for every round and trial
-        held_out = EpisodeSampler(stream, data, "test")
-        eval_gen = torch.Generator().manual_seed(stream.seed)
-        n = self.config["eval_episodes"]
-        self.eval_set = held_out.sample(n, eval_gen).to(self.device)
-        self.switch_set = (held_out.sample(n, eval_gen, switch_fraction=1.0).to(self.device)
-                           if stream.switch_at else None)
+        self.generator = torch.Generator().manual_seed(split_seed("train", self.config["seed"]))
+        # test and validation episodes: fixed by stream.seed, the same for every round and trial
+        self.eval_set, self.switch_set = self._fixed_episodes(
+            EpisodeSampler(stream, data, "test"), "test", self.config["eval_episodes"])
+        self.val_set = self.val_switch_set = None
+        if stream.validation > 0:
+            self.val_set, self.val_switch_set = self._fixed_episodes(
+                EpisodeSampler(stream, data, "train", indices=val_ids), "val",
+                self.config["val_episodes"])
         self.round = 0
+
+    def _fixed_episodes(self, sampler: EpisodeSampler, split: str, n: int
+                        ) -> tuple[Episodes, Episodes | None]:
+        """A split's scored episodes, and its switching ones (with stream.switch_at), drawn from
+        the split's own generator."""
+        gen = torch.Generator().manual_seed(split_seed(split, self.stream.seed))
+        episodes = sampler.sample(n, gen).to(self.device)
+        switching = (sampler.sample(n, gen, switch_fraction=1.0).to(self.device)
+                     if self.stream.switch_at else None)
+        return episodes, switching
 
     @property
     def done(self) -> bool:
@@ -352,7 +386,9 @@ class LifelongLSTM(Learner):
             raise RuntimeError("the learner has used its budget of rounds; check `done` first")
         losses = [self._train_batch() for _ in range(self.config["batches_per_round"])]
         self.round += 1
-        return {**self.evaluate(), "train_loss": sum(losses) / len(losses)}
+        val = {} if self.val_set is None else {f"val_{name}": value
+                                               for name, value in self.evaluate("val").items()}
+        return {**self.evaluate(), **val, "train_loss": sum(losses) / len(losses)}
 
     @torch.no_grad()
     def run_episodes(self, ep: Episodes) -> dict[str, torch.Tensor]:
@@ -361,9 +397,14 @@ class LifelongLSTM(Learner):
         return self._run_rounds(ep, range(self.stream.presentations),
                                 self._initial_state(ep.batch))
 
-    def evaluate(self) -> dict[str, float]:
-        """The held-out metrics (module docstring) of the learner as it is now."""
-        out = self.run_episodes(self.eval_set)
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """The metrics (module docstring) of the learner as it is now on the test episodes, or
+        on the validation episodes with split "val" (unprefixed names either way)."""
+        episodes, switching = ((self.eval_set, self.switch_set) if split == "test" else
+                               (self.val_set, self.val_switch_set))
+        if episodes is None:
+            raise ValueError("stream.validation is 0: this learner has no validation episodes")
+        out = self.run_episodes(episodes)
         curve = out["first"].mean(dim=(0, 2))
         metrics = {"acc_first_try": out["first"].mean().item(),
                    "mean_tries": out["tries"].mean().item(),
@@ -373,11 +414,11 @@ class LifelongLSTM(Learner):
         early = curve[1:5]
         if len(early):
             metrics["acc_early"] = early.mean().item()
-        if self.switch_set is not None:
-            first = self.run_episodes(self.switch_set)["first"]
+        if switching is not None:
+            first = self.run_episodes(switching)["first"]
             by_class = torch.zeros_like(first).scatter_(
-                2, self.answer_index[self.switch_set.label], first)
-            metrics["recovery_steps"] = recovery_steps(by_class, self.switch_set.switch_round)
+                2, self.answer_index[switching.label], first)
+            metrics["recovery_steps"] = recovery_steps(by_class, switching.switch_round)
         return metrics
 
     # -- state ---------------------------------------------------------------------------------

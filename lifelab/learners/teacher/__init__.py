@@ -11,7 +11,8 @@ docstring is its reference:
   features    the feature sets (gradient | gradient_free) and their per-tensor normalisation
   network     TeacherNet (mlp | lstm), the update step_size * d * exp(m), resizing under PBT
   estimators  meta-training: windows, the meta-objective, BPTT and ES, self-application
-  baselines   the meta-test: held-out students, SGD and Adam tuned per student and horizon
+  baselines   the meta-test: validation and test students, SGD and Adam tuned per student and
+              horizon
   learner     the Teacher learner: config, meta-training rounds, meta-test, state, adapt
 
 In short: draw a student, unroll `unroll_steps` steps with the teacher, cut into windows of
@@ -21,7 +22,10 @@ direction is centred per tensor, and the weight feature keeps its graph in the m
 without these, meta-training found updates that shift whole layers or grow single weights
 without bound, and short meta-trainings left teachers worse than they started on some seeds.
 Every `eval_every` rounds the teacher trains held-out students, compared with tuned SGD and Adam
-on the same initial weights and batches.
+on the same initial weights and batches: validation students (reported as `val_<metric>`, what
+searches select on, scored on training images no student trains on) and test students (reported
+as `<metric>`, scored on the test split, never used for a decision). Validation, test and
+meta-training students never share a seed (baselines module docstring).
 
 Config keys (default):
   teacher_kind          mlp        mlp | lstm
@@ -43,15 +47,20 @@ Config keys (default):
   student_batch         128        samples per student step
   eval_hidden           [64]       held-out architecture of meta-test students
   eval_dataset          ""         meta-test dataset ("": the meta-training dataset)
-  eval_students         2          held-out students per meta-test
+  eval_students         2          test students per meta-test
+  val_students          2          validation students per meta-test
   eval_steps            100        N: meta-test horizon
   eval_long             false      also measure at 10N
   eval_samples          1000       training images the meta-test loss is measured on
   eval_every            1          rounds between meta-tests
 The stream names the meta-training dataset only: `stream.dataset`, `stream.seed` (the held-out
-students), `stream.data_root`, `stream.download`; its task keys mean nothing here and are refused.
+students and validation images), `stream.validation` (0.1: the fraction of each class's training
+images of the meta-test dataset that no student trains on, on which validation students are
+scored; 0: no validation students), `stream.data_root`, `stream.download`; its task keys mean
+nothing here and are refused.
 
-Metrics (losses are geometric means over held-out students, accuracies arithmetic means):
+Metrics (losses are geometric means over held-out students, accuracies arithmetic means; every
+meta-test metric on the test students as named, on the validation students as val_<name>):
   meta_loss            mean meta-objective of the round's meta-steps
   train_loss           mean student training loss over the round's student steps
   meta_steps           meta-steps done so far

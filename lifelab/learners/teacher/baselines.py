@@ -1,13 +1,21 @@
 """The meta-test: held-out students trained by the teacher and by tuned SGD and Adam.
 
-Every `eval_every` rounds and at the end, `eval_students` held-out students of architecture
-`eval_hidden` on `eval_dataset` (default: the meta-training dataset), drawn from `stream.seed` so
-every trial of a sweep meets the same ones (`heldout_tasks`), are trained N = `eval_steps` steps
+Every `eval_every` rounds and at the end, held-out students of architecture `eval_hidden` on
+`eval_dataset` (default: the meta-training dataset), drawn from `stream.seed` so every trial of a
+sweep meets the same ones (`heldout_tasks`), come in two disjoint sets: `val_students`
+validation students (what searches select on, metrics `val_<name>`) and `eval_students` test
+students (reported, never used for a decision). Their seeds never meet: test seeds count up from
+HELDOUT_SEED * (stream.seed + 1), validation seeds down from the one below it, and the learner
+redraws a meta-training student that would get either (`Teacher.sample_task`). A fraction
+`stream.validation` of each class's training images is held out (`validation_split`): no student
+trains on them, and validation students are scored on them where test students are scored on
+the test split. Each held-out student is trained N = `eval_steps` steps
 (and 2N, and 10N with `eval_long`) by the teacher and by SGD and Adam whose learning rates are
 tuned per student and per horizon on a grid (ADAM_GRID, SGD_GRID: the best final loss wins; all
 grid rates train as one batch, `tuned_baseline`). Every optimizer sees the same initial weights
 and batches (`start`). Loss: cross-entropy on the first `eval_samples` training images (the
-objective being optimized); accuracy: on the dataset's test split. The baselines do not depend on
+objective being optimized); accuracy: on the test split (test students) or the held-out
+validation images (validation students). The baselines do not depend on
 the teacher: the learner computes them once and keeps them in memory.
 
 Scores (`summarize`): losses are geometric means over the held-out students (so
@@ -16,23 +24,41 @@ loss_ratio_adam = loss_teacher / loss_adam), accuracies arithmetic means.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from lifelab.learners.teacher.students import StudentNet, StudentTask, score, student_for
 from lifelab.platform.data import Dataset
+from lifelab.platform.streams import hold_out
 
 ADAM_GRID = tuple(10 ** (e / 2) for e in range(-8, -1))   # 1e-4 .. 1e-1, half decades
 SGD_GRID = tuple(10 ** (e / 2) for e in range(-4, 3))     # 1e-2 .. 10
-HELDOUT_SEED = 10_000_019         # held-out student seeds: HELDOUT_SEED * (stream.seed + 1) + i
+HELDOUT_SEED = 10_000_019         # test student seeds: HELDOUT_SEED * (stream.seed + 1) + i
+SPLITS = ("val", "test")
 
 
-def heldout_tasks(config: dict) -> list[StudentTask]:
-    """The meta-test's students: the same for every trial with this `stream.seed`."""
+def heldout_tasks(config: dict, split: str = "test") -> list[StudentTask]:
+    """The meta-test's test (or validation) students: the same for every trial with this
+    `stream.seed`; test seeds count up from the base, validation seeds down from below it."""
     base = HELDOUT_SEED * (config["stream"].seed + 1)
-    return [StudentTask(tuple(config["eval_hidden"]), config["student_activation"], base + i)
-            for i in range(config["eval_students"])]
+    seeds = ([base + i for i in range(config["eval_students"])] if split == "test" else
+             [base - 1 - j for j in range(config["val_students"])])
+    return [StudentTask(tuple(config["eval_hidden"]), config["student_activation"], seed)
+            for seed in seeds]
+
+
+def validation_split(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """(the images students train on, the validation students' data): `fraction` of each
+    class's training images, drawn with `seed`, are held out; the first keeps the test split,
+    the second trains on the same images and is scored on the held-out ones (its test split).
+    With fraction 0: (data, None), no validation students."""
+    if fraction == 0:
+        return data, None
+    x, y, x_val, y_val = hold_out(data.x_train, data.y_train, fraction, seed)
+    train = dataclasses.replace(data, x_train=x, y_train=y)
+    return train, dataclasses.replace(train, x_test=x_val, y_test=y_val)
 
 
 def horizons(config: dict) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import torch
@@ -20,11 +21,13 @@ from lifelab.learners.contract import (
     same_layer_count,
 )
 from lifelab.learners.teacher.baselines import (
+    SPLITS,
     heldout_tasks,
     horizons,
     start,
     summarize,
     tuned_baseline,
+    validation_split,
 )
 from lifelab.learners.teacher.estimators import (
     ESTIMATORS,
@@ -45,14 +48,18 @@ from lifelab.learners.teacher.students import (
     ACTIVATIONS,
     StudentRun,
     StudentTask,
-    on_device,
+    as_rows,
     score,
     student_for,
 )
 from lifelab.platform.data import DATASETS, Dataset, load_dataset, load_stream_dataset
 from lifelab.platform.streams import StreamConfig
 
-STREAM_KEYS = ("dataset", "seed", "data_root", "download")
+STREAM_KEYS = ("dataset", "seed", "validation", "data_root", "download")
+#: what a meta-test reports, on test students as named and on validation students as val_<name>
+META_TEST_METRICS = ("loss_teacher", "loss_adam", "loss_sgd", "acc_teacher", "acc_adam",
+                     "acc_sgd", "loss_ratio_adam", "loss_ratio_sgd", "loss_ratio_adam_2n",
+                     "loss_ratio_adam_10n")
 
 
 def _range_param(default: list[int], doc: str) -> Param:
@@ -87,16 +94,16 @@ class Teacher(Learner):
         "student_batch": Param(128, int, positive=True, doc="samples per student step"),
         "eval_hidden": Param([64], list, doc="held-out architecture of meta-test students"),
         "eval_dataset": Param("", str, choices=("", *DATASETS), doc="meta-test dataset"),
-        "eval_students": Param(2, int, positive=True, doc="held-out students per meta-test"),
+        "eval_students": Param(2, int, positive=True, doc="test students per meta-test"),
+        "val_students": Param(2, int, positive=True, high=1000,
+                              doc="validation students per meta-test (selection)"),
         "eval_steps": Param(100, int, positive=True, doc="N, the meta-test horizon"),
         "eval_long": Param(False, bool, doc="also measure at 10N"),
         "eval_samples": Param(1000, int, positive=True, doc="images the meta-test loss uses"),
         "eval_every": Param(1, int, positive=True, doc="rounds between meta-tests"),
     }
-    metrics: tuple[str, ...] = (
-        "meta_loss", "train_loss", "meta_steps", "students", "loss_teacher", "loss_adam",
-        "loss_sgd", "acc_teacher", "acc_adam", "acc_sgd", "loss_ratio_adam", "loss_ratio_sgd",
-        "loss_ratio_adam_2n", "loss_ratio_adam_10n")
+    metrics: tuple[str, ...] = ("meta_loss", "train_loss", "meta_steps", "students",
+                                *META_TEST_METRICS, *(f"val_{m}" for m in META_TEST_METRICS))
     architecture_keys: tuple[str, ...] = ("teacher_kind", "teacher_hidden", "features")
     adaptable_keys: tuple[str, ...] = ("teacher_hidden",)
     layer_keys = ("teacher_hidden",)
@@ -139,11 +146,20 @@ class Teacher(Learner):
                  data: Dataset | None = None):
         super().__init__(config, device, data)   # a meta-learner: `rows` stays empty
         stream: StreamConfig = self.config["stream"]
-        data = data if data is not None else load_stream_dataset(stream)
-        self.data = on_device(data, self.device)
+        data = as_rows(data if data is not None else load_stream_dataset(stream))
         eval_name = self.config["eval_dataset"] or data.name
-        self.eval_data = self.data if eval_name == data.name else on_device(
-            load_dataset(eval_name, stream.data_root, stream.download), self.device)
+        same = eval_name == data.name
+        eval_rows = data if same else as_rows(load_dataset(eval_name, stream.data_root,
+                                                           stream.download))
+        # no student trains on the validation images: test students are scored on the test
+        # split, validation students on these (baselines.validation_split)
+        kept, val = validation_split(eval_rows, stream.validation, stream.seed)
+        self.eval_data = kept.to(self.device)
+        self.val_data = None if val is None else dataclasses.replace(
+            self.eval_data, x_test=val.x_test.to(self.device), y_test=val.y_test.to(self.device))
+        self.data = self.eval_data if same else data.to(self.device)
+        # seeds of held-out students: a meta-training student never gets one (sample_task)
+        self.reserved = {t.seed for split in SPLITS for t in self.heldout_tasks(split)}
         self.feature_set = FEATURE_SETS[self.config["features"]]
         self.normalise = FeatureNormaliser(self.feature_set, self.device)
         with torch.random.fork_rng(devices=[]):   # teacher init from the seed, global RNG untouched
@@ -224,6 +240,8 @@ class Teacher(Learner):
         w_low, w_high = self.config["student_width"]
         hidden = torch.randint(w_low, w_high + 1, (depth,), generator=self.generator).tolist()
         seed = int(torch.randint(2**31 - 1, (), generator=self.generator))
+        while seed in self.reserved:       # (about once in 10^9 draws)
+            seed = int(torch.randint(2**31 - 1, (), generator=self.generator))
         return StudentTask(tuple(hidden), self.config["student_activation"], seed)
 
     def fresh_run(self) -> StudentRun:
@@ -274,7 +292,8 @@ class Teacher(Learner):
             self.meta_step_count += 1
         self.rounds += 1
         if self.rounds % self.config["eval_every"] == 0 or self.done:
-            self.last_test = self.meta_test()
+            self.last_test = {**self.meta_test("test"), **({} if self.val_data is None else {
+                f"val_{name}": value for name, value in self.meta_test("val").items()})}
         train_loss = torch.stack(losses).mean().item()
         if not all(torch.isfinite(p).all() for p in self.teacher.parameters()):
             train_loss = math.nan          # the trainable stops a diverged trial
@@ -284,8 +303,9 @@ class Teacher(Learner):
 
     # -- meta-test (lifelab.learners.teacher.baselines) ----------------------------------------
 
-    def heldout_tasks(self) -> list[StudentTask]:
-        return heldout_tasks(self.config)
+    def heldout_tasks(self, split: str = "test") -> list[StudentTask]:
+        """The test students (never used for a decision) or the validation students ("val")."""
+        return heldout_tasks(self.config, split)
 
     @torch.no_grad()
     def train_with_teacher(self, task: StudentTask, data: Dataset, horizons: list[int]
@@ -304,8 +324,8 @@ class Teacher(Learner):
 
     def baselines(self, task: StudentTask, data: Dataset, horizons: list[int]) -> dict:
         """Tuned SGD and Adam on a held-out task (cached: they do not depend on the teacher)."""
-        key = (task, data.name, tuple(horizons), self.config["eval_samples"],
-               self.config["student_batch"])
+        key = (task, data.name, len(data.y_train), len(data.y_test), tuple(horizons),
+               self.config["eval_samples"], self.config["student_batch"])
         if key not in self._baselines:
             student, w0, batches = start(task, data, max(horizons),
                                          self.config["student_batch"], self.device)
@@ -319,13 +339,17 @@ class Teacher(Learner):
         return [{"teacher": self.train_with_teacher(task, data, horizons),
                  **self.baselines(task, data, horizons)} for task in tasks]
 
-    def meta_test(self) -> dict[str, float]:
-        """The meta-test metrics on the held-out students (see the package docstring)."""
+    def meta_test(self, split: str = "test") -> dict[str, float]:
+        """The meta-test metrics (package docstring) on the test students, or on the validation
+        students with split "val" (unprefixed names either way)."""
         steps = horizons(self.config)
-        return summarize(self.compare(self.heldout_tasks(), self.eval_data, steps), steps)
+        data = self.eval_data if split == "test" else self.val_data
+        if data is None:
+            raise ValueError("stream.validation is 0: this teacher has no validation students")
+        return summarize(self.compare(self.heldout_tasks(split), data, steps), steps)
 
     def evaluate(self) -> Evaluation:
-        """Test accuracy of each held-out student after N steps with the teacher."""
+        """Test accuracy of each test student after N steps with the teacher."""
         n = self.config["eval_steps"]
         accuracies = [self.train_with_teacher(task, self.eval_data, [n])[n][1]
                       for task in self.heldout_tasks()]

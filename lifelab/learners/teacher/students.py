@@ -143,8 +143,3 @@ def as_rows(data: Dataset) -> Dataset:
     if data.x_train.dim() == 2 and data.x_train.is_floating_point():
         return data
     return data.flat()
-
-
-def on_device(data: Dataset, device: torch.device) -> Dataset:
-    """`as_rows(data)` on `device`."""
-    return as_rows(data).to(device)

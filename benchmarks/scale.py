@@ -1,6 +1,7 @@
 """lifelab against plain Ray Tune at N trials x R rounds of a tiny learner, side by side.
 
     python benchmarks/scale.py [--sizes 50x20,200x50,1000x100] [--cpu 0.1] [--s3]
+    python benchmarks/scale.py --status-only 1000x100
 
 The learner is `finetune` with hidden [8] and one optimizer step per round (so what is measured
 is the platform, not the learner), on a 2-task stream of the embedded MNIST-5k, one FIFO search
@@ -216,6 +217,42 @@ def start_s3():
     return "s3://scale-bench", lambda: (counts[0], counts[1])
 
 
+def synthetic_status(trials: int, rounds: int, parts: int = 8) -> list[float]:
+    """Seconds of three `lifelab status` calls on a store of trials x rounds results of 15 metrics
+    each, in `parts` parts (as merging leaves a big sweep's table): status alone, no sweep."""
+    import numpy as np
+    import pyarrow as pa
+    import yaml
+
+    from lifelab.analysis.status import sweep_status
+    from lifelab.platform.store import SCHEMAS, SPEC_FILE, ResultStore
+
+    root = tempfile.mkdtemp(prefix="ll-status-", dir="/tmp")
+    Path(root, SPEC_FILE).write_text(yaml.safe_dump({"name": "big", "search": {}}))
+    store = ResultStore(root, run=1)
+    names = ["val_acc_avg", "acc_avg", "round_s", "train_loss", "bwt", "val_bwt", "forgetting",
+             "val_forgetting", "tasks_seen", "acc_avg_til", "val_acc_avg_til", "lr", "a", "b", "c"]
+    ids = [f"t{i:05d}" for i in range(trials)]
+    for chunk in np.array_split(np.arange(1, rounds + 1), parts):
+        n = trials * len(chunk) * len(names)
+        its = np.tile(np.repeat(chunk, len(names)), trials)
+        store.write_part("metrics", pa.table({
+            "sweep": ["big"] * n, "trial_id": np.repeat(ids, len(chunk) * len(names)),
+            "iteration": its, "time_s": its.astype(float),
+            "name": np.tile(names, trials * len(chunk)), "value": np.random.rand(n),
+            "run": np.ones(n, dtype=np.int64)}, schema=SCHEMAS["metrics"]))
+    store.write_part("trials", pa.Table.from_pylist(
+        [{"sweep": "big", "trial_id": i, "status": "RUNNING", "run": 1} for i in ids],
+        schema=SCHEMAS["trials"]))
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        sweep_status(root)
+        seconds.append(time.perf_counter() - start)
+    shutil.rmtree(root, ignore_errors=True)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="50x20,200x50",
@@ -223,8 +260,16 @@ def main() -> None:
     parser.add_argument("--cpu", type=float, default=0.1, help="CPUs per trial")
     parser.add_argument("--s3", action="store_true", help="storage: moto S3 on loopback")
     parser.add_argument("--systems", default="plain,lifelab")
+    parser.add_argument("--status-only", metavar="TRIALSxROUNDS",
+                        help="time `lifelab status` on a synthetic store of that size, no sweep")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.status_only:
+        trials, rounds = (int(v) for v in args.status_only.lower().split("x"))
+        seconds = synthetic_status(trials, rounds)
+        print(f"lifelab status, {trials} trials x {rounds} rounds x 15 metrics in 8 parts: "
+              + ", ".join(f"{s:.2f} s" for s in seconds))
+        return
     base, puts = start_s3() if args.s3 else (None, None)
     rows = []
     for size in args.sizes.split(","):

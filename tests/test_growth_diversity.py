@@ -5,7 +5,8 @@ loss keeps falling, in every learner that grows: hnet, lifelong_lstm, the growin
 and the teacher's network. "Differ": the median over new units of the
 distance between a unit's and its source's incoming weights, each scaled to unit norm. Thresholds:
 measured over seeds 0-4 (numbers beside each), set below the smallest; with Net2Net's positive
-split the same differences stay at 0-0.023 (`test_positive_shares_leave_copies_twins_under_adam`)."""
+split the same differences stay at 0-0.023
+(`test_positive_shares_leave_copies_twins_under_adam`)."""
 
 import pytest
 import torch

@@ -277,84 +277,82 @@ class LifelongLSTM(Learner):
         (B, rounds, C): `first` (right at first try), `pick` (the first guess), `scores` (its
         scores, one more axis), `tries` (until right; a miss = tries + 1), `loss_first`,
         `loss_post`; and the scalar `ce` (sum over the tries made) and `count` (tries made)."""
-        cfg, m = self.config, self.model
-        tries = self.stream.tries
+        m = self.model
         batch, c = ep.batch, ep.x.shape[2]
         x = ep.x[:, rounds.start:rounds.stop]
         feats_all = m.trunk(x.reshape(-1, x.shape[-1]) - m.pixel_mean)   # slow trunk, one pass
         slow_all = m.head(feats_all).reshape(batch, len(rounds), c, -1)
         unit_all = F.normalize(feats_all, dim=1).reshape(batch, len(rounds), c, -1)
         groups_onehot = F.one_hot(ep.group, len(self.stream.groups)).float()
-        eye = torch.eye(self.answers, device=self.device)
-        first, picks, first_scores, used, loss_first, loss_post = [], [], [], [], [], []
-        ce_sum = torch.zeros((), device=self.device)
-        count = torch.zeros((), device=self.device)
+        out = {key: [] for key in ("first", "pick", "scores", "tries", "loss_first", "loss_post")}
+        totals = {"ce": torch.zeros((), device=self.device),
+                  "count": torch.zeros((), device=self.device)}
         for i, r in enumerate(rounds):
             for p in range(c):
-                feats, slow = unit_all[:, i, p], slow_all[:, i, p]
-                group = ep.group[:, r, p]
-                mask = self.group_mask[group]
-                target_ans = self.answer_index[ep.answer[:, r, p]]
-                g1h = groups_onehot[:, r, p]
-                if cfg["type_c"]:
-                    h_b, c_b = torch.tanh(m.c_to_b(state["h_c"])).chunk(2, dim=1)
-                else:
-                    h_b, c_b = m.b_init.expand(batch, -1).chunk(2, dim=1)
-                guess = torch.zeros(batch, self.answers, device=self.device)
-                fb = torch.zeros(batch, 1, device=self.device)
-                active = torch.ones(batch, dtype=torch.bool, device=self.device)
-                # what the learner can tell: without feedback it cannot know it was right, so
-                # it goes on through every try (its stopping would leak the feedback)
-                running = active
-                n_tries = torch.zeros(batch, device=self.device)
-                fast = state["fast"]
-                for t in range(tries + 1):              # the last step absorbs the final feedback
-                    h_new, c_new = m.type_b(torch.cat([feats, g1h, guess, guess * fb, fb], 1),
-                                            (h_b, c_b))
-                    gate = running | (t == tries)
-                    h_b = torch.where(gate[:, None], h_new, h_b)
-                    c_b = torch.where(gate[:, None], c_new, c_b)
-                    if cfg["fast_weights"]:
-                        fast = self._inner_update(fast, feats, slow, m.target(h_b), gate)
-                        scores = slow + torch.einsum("bad,bd->ba", fast, feats)
-                    else:
-                        scores = slow + m.readout(h_b)
-                    logits = scores.masked_fill(~mask, float("-inf"))
-                    ce = F.cross_entropy(logits, target_ans, reduction="none")
-                    if t == tries:
-                        loss_post.append(ce)
-                        break
-                    pick = logits.argmax(dim=1)
-                    right = pick == target_ans
-                    if t == 0:
-                        first.append(right.float())
-                        picks.append(pick)
-                        first_scores.append(scores)
-                        loss_first.append(ce)
-                    act = active.float()
-                    ce_sum = ce_sum + (ce * act).sum()
-                    count = count + act.sum()
-                    n_tries = n_tries + act
-                    said = (right.float() * 2 - 1)[:, None] if cfg["feedback"] else \
-                        torch.zeros_like(fb)
-                    guess = torch.where(running[:, None], eye[pick], guess)
-                    fb = torch.where(running[:, None], said, fb)
-                    active = active & ~right
-                    running = active if cfg["feedback"] else running
-                used.append(n_tries + active.float())       # a miss counts tries + 1
-                state["fast"] = fast
-                if cfg["type_c"]:
-                    h_c, c_c = m.type_c(torch.cat([h_b, g1h, guess, guess * fb, fb], 1),
-                                        (state["h_c"], state["c_c"]))
-                    state["h_c"], state["c_c"] = h_c, c_c
+                self._present(unit_all[:, i, p], slow_all[:, i, p], ep.group[:, r, p],
+                              self.answer_index[ep.answer[:, r, p]], groups_onehot[:, r, p],
+                              state, out, totals)
         shape = (batch, len(rounds), c)
-        return {"first": torch.stack(first, 1).reshape(shape),
-                "pick": torch.stack(picks, 1).reshape(shape),
-                "scores": torch.stack(first_scores, 1).reshape(*shape, -1),
-                "tries": torch.stack(used, 1).reshape(shape),
-                "loss_first": torch.stack(loss_first, 1).reshape(shape),
-                "loss_post": torch.stack(loss_post, 1).reshape(shape),
-                "ce": ce_sum, "count": count}
+        return {**{key: torch.stack(values, 1).reshape(*shape, *([-1] if key == "scores" else []))
+                   for key, values in out.items()}, **totals}
+
+    def _present(self, feats, slow, group, target_ans, g1h, state: dict, out: dict,
+                 totals: dict) -> None:
+        """One presentation of an item in every episode: guesses until right (at most `tries`),
+        type B and the fast weights taking in each try's feedback, then type C the outcome.
+        Appends to `out`'s lists, adds to `totals`, updates `state`."""
+        cfg, m = self.config, self.model
+        batch, tries = feats.shape[0], self.stream.tries
+        mask = self.group_mask[group]
+        eye = torch.eye(self.answers, device=self.device)
+        if cfg["type_c"]:
+            h_b, c_b = torch.tanh(m.c_to_b(state["h_c"])).chunk(2, dim=1)
+        else:
+            h_b, c_b = m.b_init.expand(batch, -1).chunk(2, dim=1)
+        guess = torch.zeros(batch, self.answers, device=self.device)
+        fb = torch.zeros(batch, 1, device=self.device)
+        active = torch.ones(batch, dtype=torch.bool, device=self.device)
+        # what the learner can tell: without feedback it cannot know it was right, so it goes
+        # on through every try (its stopping would leak the feedback)
+        running = active
+        n_tries = torch.zeros(batch, device=self.device)
+        fast = state["fast"]
+        for t in range(tries + 1):              # the last step absorbs the final feedback
+            h_new, c_new = m.type_b(torch.cat([feats, g1h, guess, guess * fb, fb], 1), (h_b, c_b))
+            gate = running | (t == tries)
+            h_b = torch.where(gate[:, None], h_new, h_b)
+            c_b = torch.where(gate[:, None], c_new, c_b)
+            if cfg["fast_weights"]:
+                fast = self._inner_update(fast, feats, slow, m.target(h_b), gate)
+                scores = slow + torch.einsum("bad,bd->ba", fast, feats)
+            else:
+                scores = slow + m.readout(h_b)
+            logits = scores.masked_fill(~mask, float("-inf"))
+            ce = F.cross_entropy(logits, target_ans, reduction="none")
+            if t == tries:
+                out["loss_post"].append(ce)
+                break
+            pick = logits.argmax(dim=1)
+            right = pick == target_ans
+            if t == 0:
+                out["first"].append(right.float())
+                out["pick"].append(pick)
+                out["scores"].append(scores)
+                out["loss_first"].append(ce)
+            act = active.float()
+            totals["ce"] = totals["ce"] + (ce * act).sum()
+            totals["count"] = totals["count"] + act.sum()
+            n_tries = n_tries + act
+            said = (right.float() * 2 - 1)[:, None] if cfg["feedback"] else torch.zeros_like(fb)
+            guess = torch.where(running[:, None], eye[pick], guess)
+            fb = torch.where(running[:, None], said, fb)
+            active = active & ~right
+            running = active if cfg["feedback"] else running
+        out["tries"].append(n_tries + active.float())       # a miss counts tries + 1
+        state["fast"] = fast
+        if cfg["type_c"]:
+            state["h_c"], state["c_c"] = m.type_c(torch.cat([h_b, g1h, guess, guess * fb, fb], 1),
+                                                  (state["h_c"], state["c_c"]))
 
     # -- the round -----------------------------------------------------------------------------
 

@@ -19,17 +19,29 @@ def state_refers_to_checkpoints(sweep: Path) -> bool:
         return False
 
 
-def results_recorded(sweep: Path) -> int:
-    """Results the store holds so far: (trial, iteration, run) triples of its metrics table (the
-    driver writes them in batches, merging parts, so count rows, not files)."""
+def results_recorded(sweep: Path, newer_than: int = 0) -> int:
+    """Results the store holds so far: (trial, iteration, run) triples of its metrics table, of
+    the runs (drivers) newer than `newer_than` (the driver writes them in batches, merging parts,
+    so count rows, not files)."""
+    rows = _recorded(sweep)
+    return 0 if rows is None else int((rows.run > newer_than).sum())
+
+
+def latest_run(sweep: Path) -> int:
+    """The newest run (driver start time) with results in the store; 0 for none."""
+    rows = _recorded(sweep)
+    return 0 if rows is None or rows.empty else int(rows.run.max())
+
+
+def _recorded(sweep: Path):
     import pandas as pd
 
     try:
         parts = [pd.read_parquet(p, columns=["trial_id", "iteration", "name", "run"])
                  for p in (sweep / "results" / "metrics").glob("part-*.parquet")]
     except (OSError, ValueError):        # a part merged away meanwhile: count again later
-        return 0
+        return None
     if not parts:
-        return 0
+        return None
     rows = pd.concat(parts)
-    return len(rows[rows.name == "round_s"].drop_duplicates(["trial_id", "iteration", "run"]))
+    return rows[rows.name == "round_s"].drop_duplicates(["trial_id", "iteration", "run"])

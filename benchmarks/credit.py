@@ -5,7 +5,7 @@ wall seconds per epoch and peak memory; mean ± SEM over seeds. Every rule train
 784-256-256-10 MLP (forward-forward: 794-256-256, the label appended to the input) with Adam at
 the same learning rate, batch size and number of steps. Streams:
 
-  mnist      plain MNIST-5k as a 1-task stream (4,000 training, 1,000 test images)
+  mnist      plain MNIST-5k as a 1-task stream (3,600 training, 400 validation, 1,000 test)
   permuted   PermutedMNIST-3, task-incremental
   split      SplitMNIST-5 (2 classes per task), task-incremental
 
@@ -38,7 +38,7 @@ STREAMS = {
     "permuted": {"kind": "permuted", "tasks": 3, "scenario": "task"},
     "split": {"kind": "split", "tasks": 5, "scenario": "task"},
 }
-#: the targets of issue 9: points of accuracy a rule may lose to backprop on plain MNIST
+#: the accuracy targets: points of accuracy a rule may lose to backprop on plain MNIST
 TARGETS = {"feedback_alignment": 1.5, "dfa": 1.5, "synthetic_gradients": 1.5,
            "forward_forward": 4.0, "target_prop": 4.0}
 

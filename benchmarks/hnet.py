@@ -8,8 +8,10 @@ memory and compression.
 
 quality: PermutedMNIST-10 from the embedded MNIST-5k, task-incremental, every learner with the
   same budget (steps per task, batch size, learning rate) and the same target-network size;
-  online EWC and SI at a few strengths (the best is compared). Checks what issue 4 requires:
-  hnet within 2 points of joint, BWT >= -1 point, clearly above finetune, >= online EWC.
+  online EWC and SI at a few strengths, the one with the best validation `val_acc_avg` compared
+  (selection never sees test images; test `acc_avg` is reported once, for the picked strength).
+  Checks the learner's targets: hnet within 2 points of joint, BWT >= -1 point, clearly above
+  finetune, >= online EWC.
 speed: one training step (forward + output regularizer + backward + Adam) of hnet on the
   configuration hypnettorch's ChunkedHMLP was measured with (target 784-100-100-10, hypernetwork
   100-100, chunks of 750, batch 128, 2 threads), with 0, 10, 50, 100 earlier tasks (stored
@@ -32,7 +34,7 @@ from lifelab.platform.data import load_dataset
 from lifelab.platform.metrics import backward_transfer
 from lifelab.trainables.registry import learner_class, learner_names
 
-# hypnettorch ChunkedHMLP + output regularizer, measured on this machine (issue 4): ms per step
+# hypnettorch ChunkedHMLP + output regularizer, measured on this machine: ms per step
 HYPNETTORCH_MS = {0: 2.4, 10: 26.0, 50: 129.0}
 SPEED_CONFIG = {"target_hidden": [100, 100], "hnet_hidden": [100, 100], "chunk_size": 750,
                 "batch_size": 128}
@@ -50,7 +52,7 @@ def run(name: str, config: dict, data) -> dict:
     metrics["wall_s"] = time.perf_counter() - start
     metrics["final_row"] = learner.rows[-1]
     if isinstance(learner, HNet):
-        metrics["final_row_cil"] = learner.rows_cil[-1]
+        metrics["final_row_cil"] = learner.view_rows["cil"][-1]
     return metrics
 
 
@@ -81,12 +83,22 @@ def quality(args, data) -> None:
 
     print(f"\n## Quality: PermutedMNIST-{args.tasks} (MNIST-5k), {args.steps_per_task} steps/task, "
           f"batch 128, lr {args.lr}, target/MLP 784-100-100-10, seed {args.seed}\n")
-    print("| learner | setting | acc_avg (task given) | bwt | forgetting | acc_avg_cil | wall s |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    # several strengths of one learner: the best validation accuracy picks (never test)
+    best = {}
+    for name, _, m in results:
+        if name not in best or m["val_acc_avg"] > best[name]["val_acc_avg"]:
+            best[name] = m
+    print("Strengths selected by val_acc_avg (validation split, column 3); the other columns are "
+          "test, reported once.\n")
+    print("| learner | setting | val_acc_avg (selects) | acc_avg (task given) | bwt | forgetting "
+          "| acc_avg_cil | wall s |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, label, m in results:
         cil = f"{m['acc_avg_cil']:.4f}" if "acc_avg_cil" in m else "-"
-        print(f"| {name} | {label} | {m['acc_avg']:.4f} | {m.get('bwt', float('nan')):+.4f} | "
-              f"{m.get('forgetting', float('nan')):.4f} | {cil} | {m['wall_s']:.0f} |")
+        pick = " (picked)" if best[name] is m and sum(r[0] == name for r in results) > 1 else ""
+        print(f"| {name} | {label}{pick} | {m['val_acc_avg']:.4f} | {m['acc_avg']:.4f} | "
+              f"{m.get('bwt', float('nan')):+.4f} | {m.get('forgetting', float('nan')):.4f} | "
+              f"{cil} | {m['wall_s']:.0f} |")
     hnet = results[0][2]
     print("\nFinal accuracy on each task after learning all of them (hnet, task given):")
     print("  " + " ".join(f"{a:.3f}" for a in hnet["final_row"]))
@@ -94,10 +106,6 @@ def quality(args, data) -> None:
     print("  " + " ".join(f"{a:.3f}" for a in hnet["final_row_cil"]))
     print(f"compression ratio: {hnet['compression_ratio']:.3f}")
 
-    best = {}
-    for name, _, m in results:
-        if name not in best or m["acc_avg"] > best[name]["acc_avg"]:
-            best[name] = m
     checks = [
         ("within 2 points of joint", hnet["acc_avg"] >= best["joint"]["acc_avg"] - 0.02,
          f"{100 * (hnet['acc_avg'] - best['joint']['acc_avg']):+.2f} points"),
@@ -107,7 +115,7 @@ def quality(args, data) -> None:
     ]
     for other in ("online_ewc", "si"):
         if other in best:
-            checks.append((f">= {other} (best strength)",
+            checks.append((f">= {other} (strength picked on validation)",
                            hnet["acc_avg"] >= best[other]["acc_avg"],
                            f"{100 * (hnet['acc_avg'] - best[other]['acc_avg']):+.2f} points"))
     print("\n| requirement | holds | hnet minus other |")

@@ -32,7 +32,7 @@ from lifelab.searches.ray_internals import after_state_saves
 KEY_ENV = "LIFELAB_STATE_KEY"
 SIGNATURES = "lifelab-signatures"
 TUNER_FILE = "tuner.pkl"
-KEEP = 32               # recent versions of a file accepted: storage may lag a few saves behind
+KEEP = 256              # recent versions of a file accepted: storage may lag saves behind
 FORBIDDEN = "_dict_checkpoint.pkl"     # Tune unpickles it from a checkpoint; lifelab writes none
 TRUST_COMMAND = "python -m lifelab.searches.integrity SWEEP_DIR"
 

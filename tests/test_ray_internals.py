@@ -6,6 +6,7 @@ import inspect
 import math
 from types import SimpleNamespace
 
+from fakes import FakeController
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
 
@@ -34,17 +35,6 @@ class FakeTrial:
         return self.trial_id
 
 
-class FakeController:
-    search_alg = None
-
-    def __init__(self, trials):
-        self.trials = trials
-
-    def get_trials(self):
-        return self.trials
-
-    def get_live_trials(self):
-        return set(self.trials)
 
 
 class Probe(PBTHooks, PopulationBasedTraining):

@@ -8,6 +8,7 @@ import pickle
 from types import SimpleNamespace
 
 import pytest
+from fakes import FakeController
 
 from lifelab.searches.guards import CannotResumeError, StallGuard
 from lifelab.searches.schedulers import GroupedPBT
@@ -27,17 +28,6 @@ class FakeTrial:
         return self.status in ("TERMINATED", "ERROR")
 
 
-class FakeController:
-    search_alg = None
-
-    def __init__(self, trials):
-        self.trials = trials
-
-    def get_trials(self):
-        return self.trials
-
-    def get_live_trials(self):
-        return set(self.trials)
 
 
 def pbt(synch=False):

@@ -155,8 +155,7 @@ def retry_worker_loss() -> None:
 def after_state_saves() -> None:
     """Right after Tune writes its experiment state to the driver's staging dir, and before it
     syncs that dir to storage, call `state_saved(staging_dir, session)` of every callback that
-    has one (`session`: the string in the names of the files this driver writes). Before Tune
-    writes it, wait for the copy of the previous save to finish."""
+    has one (`session`: the string in the names of the files this driver writes)."""
     from ray.tune.execution.tune_controller import TuneController
 
     original = TuneController.save_to_dir
@@ -164,13 +163,6 @@ def after_state_saves() -> None:
         return
 
     def save_to_dir(self):
-        # Tune copies the staging dir to storage in a background thread and writes the next
-        # save into the same files: a copy still running could read a file half rewritten and
-        # leave storage a torn state no save ever wrote (nor anyone signed). Let it finish first.
-        try:
-            self._storage.syncer.wait()
-        except Exception:            # (a failed copy is Tune's to report; the next one retries)
-            pass
         original(self)
         for callback in self._callbacks:
             if hasattr(callback, "state_saved"):
